@@ -1,0 +1,146 @@
+"""Analytic parameter and training-FLOP counts for the VAR transformer.
+
+Counts follow the official architecture (FoundationVision/VAR `models/var.py`, `models/basic_var.py`):
+
+  word_embed  Linear(Cvae -> C)                      per token (all but the first scale)
+  class_emb   Embedding(num_classes + 1, C)          lookup, no FLOPs
+  pos_start   (first_l, C); pos_1LC (L, C); lvl_embed (len(patch_nums), C)   lookups, no FLOPs
+  per block   AdaLN Linear(C -> 6C) on the class condition, once per image (shared_aln: one shared
+              Linear(C -> 6C) for the whole model and a (6, C) `ada_gss` per block instead);
+              qkv Linear(C -> 3C, bias on q and v only); `scale_mul` (num_heads) if attn_l2_norm;
+              proj Linear(C -> C); fc1 Linear(C -> H); fc2 Linear(H -> C), H = round(mlp_ratio C)
+  head_nm     AdaLN Linear(C -> 2C), once per image
+  head        Linear(C -> V)                         per token
+
+FLOP conventions (the usual Kaplan / Chinchilla / MaxText ones):
+  * a multiply-accumulate is 2 FLOPs, and only matmuls are counted: biases, norms, softmax, GELU and the
+    optimizer update are left out (they are O(params + L·C) and a few percent at most);
+  * training = 3 x forward (the backward pass costs twice the forward one);
+  * attention costs 2·C FLOPs per (query, key) pair for QK^T and as much again for AV. By default only
+    the pairs the block-causal mask keeps are counted (a token of scale k sees every token of scales
+    <= k), since that is the work a mask-aware kernel must do. `dense_attention=True` counts the full
+    L x L square instead, which is what XLA reports (and executes) when the mask is applied to a dense
+    score matrix; for the default 10-scale schedule that square is 1.6x the kept pairs.
+
+"Embedding" parameters (left out of `nonembed`, as Kaplan et al. leave out token and position
+embeddings) are the lookup tables: class_emb, pos_start, pos_1LC and lvl_embed. They cost no FLOPs per
+token. word_embed and head are matmuls applied to every token, so they stay in `nonembed`. Note that the
+AdaLN weights (a third of each block) act once per image, not per token, so training FLOPs are about
+6 · (nonembed - AdaLN) · tokens plus attention, not the language-model 6 · N · D. The VAR paper's model
+sizes (18M for depth 6, 310M for depth 16, 2.0B for depth 30) are `total`.
+"""
+from typing import Any, Mapping, Sequence
+
+# The attributes of `var_jax.models.var.VAR` that the counts depend on, with the contract defaults.
+_DEFAULTS = dict(
+    vocab_size=4096,
+    cvae=32,
+    patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    num_classes=1000,
+    depth=16,
+    embed_dim=None,
+    num_heads=None,
+    mlp_ratio=4.0,
+    shared_aln=False,
+    attn_l2_norm=True,
+)
+
+
+def _resolve(model_kwargs: Mapping[str, Any]) -> dict:
+  """Fills missing attributes with VAR defaults and the depth rule (width 64·depth, heads = depth)."""
+  kw = dict(_DEFAULTS)
+  kw.update({k: v for k, v in dict(model_kwargs).items() if k in _DEFAULTS})
+  depth = kw['depth']
+  if not isinstance(depth, int) or depth < 1:
+    raise ValueError(f'model.depth must be a positive int, got {depth!r}')
+  if kw['embed_dim'] is None:
+    kw['embed_dim'] = 64 * depth
+  if kw['num_heads'] is None:
+    kw['num_heads'] = depth
+  if kw['embed_dim'] % kw['num_heads']:
+    raise ValueError(f"model.embed_dim={kw['embed_dim']} must be divisible by model.num_heads={kw['num_heads']}")
+  pns = tuple(kw['patch_nums'])
+  if not pns or any(not isinstance(p, int) or p < 1 for p in pns):
+    raise ValueError(f'model.patch_nums must be a non-empty sequence of positive ints, got {pns!r}')
+  kw['patch_nums'] = pns
+  return kw
+
+
+def tokens_per_image(patch_nums: Sequence[int]) -> int:
+  """Tokens in one image's token pyramid: sum of pn² over the scales (680 for the default schedule)."""
+  return sum(p * p for p in patch_nums)
+
+
+def attention_pairs(patch_nums: Sequence[int], dense: bool = False) -> int:
+  """(query, key) pairs per head that the block-causal mask keeps; L² when `dense`."""
+  if dense:
+    return tokens_per_image(patch_nums) ** 2
+  pairs, seen = 0, 0
+  for p in patch_nums:
+    seen += p * p
+    pairs += p * p * seen
+  return pairs
+
+
+def param_breakdown(model_kwargs: Mapping[str, Any]) -> dict[str, int]:
+  """Parameter count per component (see the module docstring for the components)."""
+  kw = _resolve(model_kwargs)
+  c, depth, v = kw['embed_dim'], kw['depth'], kw['vocab_size']
+  hidden = round(c * kw['mlp_ratio'])
+  pns = kw['patch_nums']
+  if kw['shared_aln']:
+    shared_ada, block_ada = c * 6 * c + 6 * c, 6 * c
+  else:
+    shared_ada, block_ada = 0, c * 6 * c + 6 * c
+  block = (
+      block_ada
+      + 3 * c * c + 2 * c  # qkv, with q and v biases
+      + (kw['num_heads'] if kw['attn_l2_norm'] else 0)
+      + c * c + c  # proj
+      + c * hidden + hidden  # fc1
+      + hidden * c + c  # fc2
+  )
+  return dict(
+      word_embed=kw['cvae'] * c + c,
+      class_emb=(kw['num_classes'] + 1) * c,
+      pos_start=pns[0] ** 2 * c,
+      pos_1LC=tokens_per_image(pns) * c,
+      lvl_embed=len(pns) * c,
+      shared_ada_lin=shared_ada,
+      blocks=depth * block,
+      head_nm=c * 2 * c + 2 * c,
+      head=c * v + v,
+  )
+
+
+EMBEDDING_PARAMS = ('class_emb', 'pos_start', 'pos_1LC', 'lvl_embed')
+
+
+def param_counts(model_kwargs: Mapping[str, Any]) -> dict[str, int]:
+  """{'total', 'nonembed'} parameter counts; nonembed leaves out the lookup tables (EMBEDDING_PARAMS)."""
+  parts = param_breakdown(model_kwargs)
+  total = sum(parts.values())
+  return dict(total=total, nonembed=total - sum(parts[k] for k in EMBEDDING_PARAMS))
+
+
+def forward_flops_breakdown(model_kwargs: Mapping[str, Any], dense_attention: bool = False) -> dict[str, float]:
+  """Forward-pass matmul FLOPs for one image (teacher forcing over the whole pyramid), per component."""
+  kw = _resolve(model_kwargs)
+  c, depth, v = kw['embed_dim'], kw['depth'], kw['vocab_size']
+  hidden = round(c * kw['mlp_ratio'])
+  pns = kw['patch_nums']
+  seq = tokens_per_image(pns)
+  ada_layers = 1 if kw['shared_aln'] else depth
+  return dict(
+      word_embed=2.0 * (seq - pns[0] ** 2) * kw['cvae'] * c,
+      adaln=2.0 * ada_layers * c * 6 * c + 2.0 * c * 2 * c,  # blocks + head_nm, once per image
+      qkv_proj=2.0 * depth * seq * 4 * c * c,
+      mlp=2.0 * depth * seq * 2 * c * hidden,
+      attention=2.0 * depth * 2 * c * attention_pairs(pns, dense_attention),  # QK^T and AV
+      head=2.0 * seq * c * v,
+  )
+
+
+def train_flops_per_image(model_kwargs: Mapping[str, Any], dense_attention: bool = False) -> float:
+  """Forward + backward matmul FLOPs for one training image: 3 x the forward count."""
+  return 3.0 * sum(forward_flops_breakdown(model_kwargs, dense_attention).values())
