@@ -1,0 +1,25 @@
+# `make test` and `make demo` set themselves up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo install clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,torch]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# pytest exits 5 when it collected nothing; that must fail, so it is not special-cased.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) -m var_jax.demo --out demo_out
+
+clean:
+	rm -rf $(VENV) demo_out

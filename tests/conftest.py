@@ -1,0 +1,26 @@
+"""Shared test set-up: 8 fake CPU devices for sharding tests, and the parity fixtures when present."""
+import os
+import pathlib
+
+# Must happen before jax is first imported anywhere in the test session.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("VAR_JAX_SHARED", REPO.parent / "shared"))
+PARITY = SHARED / "parity"
+
+
+@pytest.fixture(scope="session")
+def parity_root() -> pathlib.Path:
+  """Folder of official-code fixtures; tests that need it skip, visibly, in a user's clone."""
+  if not (PARITY / "A" / "expected.npz").exists():
+    pytest.skip(f"parity fixtures not found at {PARITY} (set VAR_JAX_SHARED to the folder holding parity/)")
+  return PARITY
+
+
+@pytest.fixture(scope="session")
+def fixture_a(parity_root) -> pathlib.Path:
+  return parity_root / "A"
