@@ -1,0 +1,155 @@
+"""grain input pipelines: per-process shards, seeded per-epoch shuffles, VAR preprocessing, exact resume.
+
+Pipeline (grain `MapDataset`, so every element is a pure function of (seed, index) and the iterator state is
+just a position):
+
+  source -> [process_index::process_count] -> shuffle (train) -> decode + preprocess -> repeat
+         -> threads read ahead (`data.num_threads`, `data.prefetch` batches) -> batch [-> worker processes]
+
+`repeat` folds the epoch into every random transform, so each epoch is shuffled and cropped differently.
+Shards are strided slices: disjoint, and together exactly the whole split. Images that are not RGB uint8 are
+converted, and tiny ones dropped (counted and logged); dropping keeps batches full and the order
+deterministic.
+"""
+import threading
+from typing import Any, Iterator
+
+from absl import logging
+import grain
+import numpy as np
+
+from var_jax.data import preprocess
+from var_jax.data import sources
+
+class BadRecordCounter:
+  """Counts records dropped or converted, across reader threads, and logs them."""
+
+  def __init__(self, where: str):
+    self._where, self._lock, self.counts = where, threading.Lock(), {}
+
+  def add(self, problem: str):
+    with self._lock:
+      self.counts[problem] = self.counts.get(problem, 0) + 1
+      n = self.counts[problem]
+    if n & (n - 1) == 0:  # Log the 1st, 2nd, 4th, 8th... occurrence: visible, but never a flood.
+      logging.warning('data %s: a record is %s (%d so far; %s)', self._where, problem, n,
+                      'skipped' if problem in preprocess.SKIPPED else 'converted to RGB')
+
+
+class Loader(Iterator[dict[str, np.ndarray]]):
+  """Iterator of per-process batch dicts, with a JSON-serialisable `get_state` / `set_state`.
+
+  Attributes:
+    num_records: records in this process's shard (before repeating).
+    num_classes: number of labels of the dataset.
+    bad_records: {problem: count} seen so far by this process (see `preprocess.SKIPPED` / `CONVERTED`).
+  """
+
+  def __init__(self, dataset: grain.IterDataset, *, num_records: int, num_classes: int,
+               counter: BadRecordCounter):
+    self._dataset, self._iter = dataset, iter(dataset)
+    self.num_records, self.num_classes, self._counter = num_records, num_classes, counter
+
+  @property
+  def bad_records(self) -> dict[str, int]:
+    return dict(self._counter.counts)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._iter)
+
+  def get_state(self) -> dict[str, Any]:
+    return self._iter.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._iter.set_state(state)
+
+  def close(self) -> None:
+    """Stops worker processes, if any (they also stop when the loader is garbage-collected)."""
+    if hasattr(self._iter, 'close'):
+      self._iter.close()
+
+
+def _image_fn(src: sources.Source, cfg: dict, counter: BadRecordCounter, train: bool):
+  """(record, rng or None) -> {'image': float32 [R, R, 3], 'label': int32} or None for a bad record."""
+  size, mid_ratio, min_side = int(cfg['image_size']), float(cfg['mid_ratio']), int(cfg['min_side'])
+
+  def fn(record, rng=None):
+    img, problem = preprocess.as_rgb(np.asarray(record[src.image_key]))
+    if problem:
+      counter.add(problem)
+    if min(img.shape[:2]) < min_side:
+      counter.add('tiny')
+      return None
+    if train:
+      img = preprocess.train_image(img, size, rng, hflip=bool(cfg['hflip']), mid_ratio=mid_ratio)
+    else:
+      img = preprocess.eval_image(img, size, mid_ratio=mid_ratio)
+    return {'image': img, 'label': np.int32(record[src.label_key])}
+  return fn
+
+
+def _tokens_fn(record):
+  return {'tokens': np.asarray(record['tokens'], np.int32), 'label': np.int32(record['label'])}
+
+
+def make_loader(data_cfg, *, split: str, global_batch_size: int, seed: int, train: bool,
+                process_index: int | None = None, process_count: int | None = None,
+                tokenizer_fingerprint: str | None = None, num_epochs: int | None = None) -> Loader:
+  """Builds the input iterator of one process.
+
+  Args:
+    data_cfg: the `data` ConfigDict (see `var_jax.data.default_config`).
+    split: split to read, e.g. data.train_split or data.eval_split.
+    global_batch_size: batch size over all processes; each process yields global / process_count.
+    seed: drives the shuffle and the random crops / flips (train only); same seed, same batches.
+    train: random crop (+ optional flip) and shuffling if True; centre crop and file order if False.
+    process_index, process_count: this process's shard; default `jax.process_index()` / `process_count()`.
+    tokenizer_fingerprint: `var_jax.convert.fingerprint(tokenizer_params)` of the run; required when
+      data.name == 'tokens', whose dataset must have been made by the same tokenizer.
+    num_epochs: passes over the shard; None repeats forever.
+
+  Returns:
+    A `Loader` of {'image': float32 [B, R, R, 3] in [-1, 1], 'label': int32 [B]} or
+    {'tokens': int32 [B, L], 'label': int32 [B]} with B = global_batch_size // process_count.
+  """
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top  # Only when the caller did not say which process it is.
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f'batch_size: global batch {global_batch_size} must be a positive multiple of the '
+                     f'{process_count} processes')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+  batch_size = global_batch_size // process_count
+  cfg = {k: sources.option(data_cfg, k) for k in ('num_threads', 'prefetch', 'worker_count', 'hflip',
+                                                   'image_size', 'mid_ratio', 'min_side')}
+  src = sources.open_source(data_cfg, split, tokenizer_fingerprint=tokenizer_fingerprint)
+  if len(src.records) < process_count:
+    raise ValueError(f'{src.where} split {split!r} has {len(src.records)} records, fewer than the '
+                     f'{process_count} processes reading it')
+  counter = BadRecordCounter(src.where)
+
+  ds = grain.MapDataset.source(src.records).seed(seed)
+  ds = ds[process_index::process_count]
+  num_records = len(ds)
+  if train:
+    ds = ds.shuffle()
+  if src.kind == 'tokens':
+    ds = ds.map(_tokens_fn)
+  elif train:
+    ds = ds.random_map(_image_fn(src, cfg, counter, train=True))
+  else:
+    ds = ds.map(_image_fn(src, cfg, counter, train=False))
+  ds = ds.repeat(num_epochs)
+  read = grain.ReadOptions(num_threads=int(cfg['num_threads']),
+                           prefetch_buffer_size=max(1, int(cfg['prefetch'])) * batch_size)
+  ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
+  if int(cfg['worker_count']) > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=int(cfg['worker_count']), per_worker_buffer_size=max(1, int(cfg['prefetch']))))
+  logging.info('data %s split %r: process %d/%d reads %d records, batch %d, %s', src.where, split,
+               process_index, process_count, num_records, batch_size, 'train' if train else 'eval')
+  return Loader(ds, num_records=num_records, num_classes=src.num_classes, counter=counter)
