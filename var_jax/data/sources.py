@@ -125,7 +125,9 @@ def open_source(data_cfg, split: str, *, tokenizer_fingerprint: str | None = Non
     path = option(data_cfg, 'path')
     if not path:
       raise ValueError('data.path: a tokens dataset needs the directory written by var_jax.tokenize --out')
-    return tokens_lib.open_split(os.path.expanduser(str(path)), split, tokenizer_fingerprint=tokenizer_fingerprint)
+    path = os.path.expanduser(str(path))
+    records, info = tokens_lib.open_split(path, split, tokenizer_fingerprint=tokenizer_fingerprint)
+    return Source(records=records, kind='tokens', num_classes=info['num_classes'], where=path)
   builder = prepare(data_cfg)
   info = builder.info
   image_key, label_key = info.supervised_keys or ('image', 'label')
