@@ -50,3 +50,13 @@ def test_prepare_builds_array_record_splits(tmp_path):
 def test_bad_config_is_one_clear_error(kwargs):
   with pytest.raises(ValueError, match='synthetic_shapes: ' + next(iter(kwargs))):
     synthetic_shapes.make_config(**kwargs)
+
+
+def test_images_do_not_depend_on_the_number_of_build_workers(tmp_path, monkeypatch):
+  monkeypatch.setattr(synthetic_shapes, '_MIN_PER_WORKER', 4)  # Use worker processes even for 12 images.
+  kw = dict(image_size=16, num_train=12, num_eval=4)
+  serial = synthetic_shapes.prepare(str(tmp_path / 'serial'), num_workers=1, **kw).as_data_source('train')
+  parallel = synthetic_shapes.prepare(str(tmp_path / 'parallel'), num_workers=2, **kw).as_data_source('train')
+  for i in range(12):
+    np.testing.assert_array_equal(serial[i]['image'], parallel[i]['image'])
+    assert serial[i]['label'] == parallel[i]['label']
