@@ -1,0 +1,57 @@
+"""VAR training loss and token metrics (official trainer: per-token CE, weighted sum over L, batch mean)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from var_jax.models.var import scale_bounds
+
+
+def var_loss(logits_BLV, idx_BL, patch_nums: Sequence[int], label_smoothing: float = 0.0,
+             weights_L=None):
+  """Cross-entropy of next-scale logits against the concatenated token indices.
+
+  Args:
+    logits_BLV: (B, L, V) logits, L = sum(pn²).
+    idx_BL: (B, L) int target indices, scales concatenated.
+    patch_nums: scale sizes.
+    label_smoothing: torch `CrossEntropyLoss(label_smoothing=...)`: (1 - s) * nll + s * mean_V(-log p).
+    weights_L: (L,) per-position weights summed over L; None = the official uniform 1/L.
+
+  Returns:
+    (loss, metrics). loss = mean_B sum_L w_L ce_BL (the training objective, smoothed). Metrics:
+    `loss` (same), `loss_last_scale` (unsmoothed CE over the last scale), `acc`, `acc_last_scale`
+    (argmax token accuracy, fractions in [0, 1]), and per scale k `loss_scale_k` (unsmoothed CE) and
+    `acc_scale_k`.
+  """
+  bounds = scale_bounds(patch_nums)
+  L = bounds[-1][1]
+  if logits_BLV.ndim != 3 or logits_BLV.shape[1] != L:
+    raise ValueError(f'logits must be (B, {L}, V) for patch_nums={tuple(patch_nums)}, '
+                     f'got {tuple(logits_BLV.shape)}')
+  if idx_BL.shape != logits_BLV.shape[:2]:
+    raise ValueError(f'token indices must be {tuple(logits_BLV.shape[:2])}, got {tuple(idx_BL.shape)}')
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
+  if weights_L is None:
+    weights_L = jnp.full((L,), 1.0 / L, jnp.float32)
+  elif jnp.shape(weights_L) != (L,):
+    raise ValueError(f'weights_L must be ({L},), got {jnp.shape(weights_L)}')
+
+  logp_BLV = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), axis=-1)
+  nll_BL = -jnp.take_along_axis(logp_BLV, idx_BL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  ce_BL = nll_BL
+  if label_smoothing:
+    ce_BL = (1.0 - label_smoothing) * nll_BL - label_smoothing * logp_BLV.mean(-1)
+  loss = (ce_BL * weights_L).sum(-1).mean()
+  hit_BL = (logits_BLV.argmax(-1) == idx_BL).astype(jnp.float32)
+
+  metrics = {'loss': loss, 'acc': hit_BL.mean()}
+  for k, (begin, end) in enumerate(bounds):
+    metrics[f'loss_scale_{k}'] = nll_BL[:, begin:end].mean()
+    metrics[f'acc_scale_{k}'] = hit_BL[:, begin:end].mean()
+  metrics['loss_last_scale'] = metrics[f'loss_scale_{len(bounds) - 1}']
+  metrics['acc_last_scale'] = metrics[f'acc_scale_{len(bounds) - 1}']
+  return loss, metrics
