@@ -31,39 +31,15 @@ sizes (18M for depth 6, 310M for depth 16, 2.0B for depth 30) are `total`.
 """
 from typing import Any, Mapping, Sequence
 
-# The attributes of `var_jax.models.var.VAR` that the counts depend on, with the contract defaults.
-_DEFAULTS = dict(
-    vocab_size=4096,
-    cvae=32,
-    patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    num_classes=1000,
-    depth=16,
-    embed_dim=None,
-    num_heads=None,
-    mlp_ratio=4.0,
-    shared_aln=False,
-    attn_l2_norm=True,
-)
+from var_jax.models import var as var_lib
 
 
 def _resolve(model_kwargs: Mapping[str, Any]) -> dict:
-  """Fills missing attributes with VAR defaults and the depth rule (width 64·depth, heads = depth)."""
-  kw = dict(_DEFAULTS)
-  kw.update({k: v for k, v in dict(model_kwargs).items() if k in _DEFAULTS})
-  depth = kw['depth']
-  if not isinstance(depth, int) or depth < 1:
+  """VAR attributes with defaults and the depth rule (`var.resolve`), refusing a non-positive depth."""
+  depth = model_kwargs.get('depth')
+  if depth is not None and (not isinstance(depth, int) or depth < 1):
     raise ValueError(f'model.depth must be a positive int, got {depth!r}')
-  if kw['embed_dim'] is None:
-    kw['embed_dim'] = 64 * depth
-  if kw['num_heads'] is None:
-    kw['num_heads'] = depth
-  if kw['embed_dim'] % kw['num_heads']:
-    raise ValueError(f"model.embed_dim={kw['embed_dim']} must be divisible by model.num_heads={kw['num_heads']}")
-  pns = tuple(kw['patch_nums'])
-  if not pns or any(not isinstance(p, int) or p < 1 for p in pns):
-    raise ValueError(f'model.patch_nums must be a non-empty sequence of positive ints, got {pns!r}')
-  kw['patch_nums'] = pns
-  return kw
+  return var_lib.resolve(model_kwargs)
 
 
 def tokens_per_image(patch_nums: Sequence[int]) -> int:
