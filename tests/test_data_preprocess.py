@@ -121,3 +121,13 @@ def test_train_image_is_deterministic_in_its_rng_and_flips():
   mirrored = plain[:, ::-1]
   assert all(np.array_equal(f, plain) or np.array_equal(f, mirrored) for f in flips)
   assert any(np.array_equal(f, mirrored) for f in flips) and any(np.array_equal(f, plain) for f in flips)
+
+
+def test_palette_with_transparency_is_composited_over_white():
+  pal = PIL.Image.new('P', (10, 10), 0)
+  pal.putpalette([0, 0, 0, 250, 10, 10] + [0] * 762)
+  pal.paste(1, (0, 0, 10, 5))
+  pal.info['transparency'] = 0
+  out, problem = preprocess.decode_image(_encode(pal, 'PNG'))
+  assert problem == 'palette'
+  assert out[0, 0].tolist() == [250, 10, 10] and out[9, 9].tolist() == [255, 255, 255]

@@ -21,11 +21,21 @@ import numpy as np
 from var_jax.data import preprocess
 from var_jax.data import sources
 
+
 class BadRecordCounter:
-  """Counts records dropped or converted, across reader threads, and logs them."""
+  """Counts records dropped or converted, across reader threads, and logs them.
+
+  With `data.worker_count > 0` each worker process counts (and logs) its own records.
+  """
 
   def __init__(self, where: str):
     self._where, self._lock, self.counts = where, threading.Lock(), {}
+
+  def __getstate__(self):  # Worker processes get a copy with a fresh lock.
+    return {'where': self._where, 'counts': dict(self.counts)}
+
+  def __setstate__(self, state):
+    self._where, self._lock, self.counts = state['where'], threading.Lock(), state['counts']
 
   def add(self, problem: str):
     with self._lock:
@@ -47,7 +57,7 @@ class Loader(Iterator[dict[str, np.ndarray]]):
 
   def __init__(self, dataset: grain.IterDataset, *, num_records: int, num_classes: int,
                counter: BadRecordCounter):
-    self._dataset, self._iter = dataset, iter(dataset)
+    self._iter = iter(dataset)
     self.num_records, self.num_classes, self._counter = num_records, num_classes, counter
 
   @property

@@ -19,25 +19,33 @@ SKIPPED = ('zero_byte', 'truncated', 'corrupt', 'tiny')
 CONVERTED = ('cmyk', 'grayscale', 'rgba', 'palette', '16bit', 'other_mode')
 
 
-def _to_rgb(img: PIL.Image.Image) -> tuple[PIL.Image.Image, str | None]:
-  """Converts any PIL mode to 8-bit RGB; returns the image and what was converted (None if nothing)."""
-  mode = img.mode
-  if mode == 'RGB':
-    return img, None
-  if mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
-    # 16-bit (or 32-bit) grayscale: keep the top 8 bits of a 16-bit range rather than PIL's clipping.
-    arr = np.asarray(img, dtype=np.float64)
-    arr = np.clip(arr / 257.0, 0, 255).round().astype(np.uint8)
-    return PIL.Image.fromarray(np.repeat(arr[..., None], 3, axis=-1)), '16bit'
-  if mode == 'P' and 'transparency' in img.info:
-    img, mode = img.convert('RGBA'), 'RGBA'
-  if mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
-    # Transparent pixels go to white, as a viewer would show them, instead of their arbitrary stored colour.
-    rgba = img.convert('RGBA')
-    white = PIL.Image.new('RGBA', rgba.size, (255, 255, 255, 255))
-    return PIL.Image.alpha_composite(white, rgba).convert('RGB'), 'rgba'
-  kind = {'CMYK': 'cmyk', 'L': 'grayscale', '1': 'grayscale', 'P': 'palette'}.get(mode, 'other_mode')
-  return img.convert('RGB'), kind
+# PIL modes that only PIL can bring to RGB, and what converting them counts as.
+_PIL_CONVERTED = {'CMYK': 'cmyk', 'P': 'palette', 'PA': 'palette', '1': 'grayscale', 'YCbCr': 'other_mode', 'LAB': 'other_mode',
+                  'HSV': 'other_mode'}
+
+
+def as_rgb(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+  """Brings a decoded image array ([H, W] or [H, W, 1|2|3|4]; uint8, 16-bit or float) to uint8 [H, W, 3].
+
+  Alpha is composited over white (as a viewer shows transparent pixels), gray is repeated, 16-bit values keep
+  their top 8 bits. Returns (img_HWC uint8, problem): None when nothing changed, else one of `CONVERTED`.
+  """
+  problem = None
+  if img.dtype != np.uint8:
+    if img.dtype.kind == 'f':
+      scale = 1.0 / 255.0 if img.max() <= 1.0 else 257.0
+    else:
+      scale = 257.0  # 16-bit range (PIL gives 16-bit PNGs as int32 'I' images).
+    img, problem = np.clip(np.asarray(img, np.float64) / scale, 0, 255).round().astype(np.uint8), '16bit'
+  if img.ndim == 2:
+    img = img[..., None]
+  if img.shape[-1] in (2, 4):
+    alpha = img[..., -1:].astype(np.float32) / 255.0
+    img = (img[..., :-1] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    problem = problem or 'rgba'
+  if img.shape[-1] == 1:
+    img, problem = np.repeat(img, 3, axis=-1), problem or 'grayscale'
+  return img, problem
 
 
 def decode_image(data: bytes, min_side: int = MIN_SIDE) -> tuple[np.ndarray | None, str | None]:
@@ -58,8 +66,12 @@ def decode_image(data: bytes, min_side: int = MIN_SIDE) -> tuple[np.ndarray | No
       warnings.simplefilter('ignore')  # PIL warns on odd EXIF / palette data; the result is what matters.
       with PIL.Image.open(io.BytesIO(data)) as img:
         img.load()
-        rgb, problem = _to_rgb(img)
-        arr = np.asarray(rgb, dtype=np.uint8)
+        pil_problem = _PIL_CONVERTED.get(img.mode)
+        if pil_problem:
+          has_alpha = img.mode == 'PA' or 'transparency' in img.info
+          img = img.convert('RGBA' if has_alpha else 'RGB')
+        arr, problem = as_rgb(np.asarray(img))
+        problem = pil_problem or problem
   except OSError as e:
     return None, 'truncated' if 'truncated' in str(e) else 'corrupt'
   except Exception:  # pylint: disable=broad-except  # PIL raises many types on garbage; all mean corrupt.
@@ -67,27 +79,6 @@ def decode_image(data: bytes, min_side: int = MIN_SIDE) -> tuple[np.ndarray | No
   if min(arr.shape[:2]) < min_side:
     return None, 'tiny'
   return arr, problem
-
-
-def as_rgb(img: np.ndarray) -> tuple[np.ndarray, str | None]:
-  """Brings a decoded image array ([H, W], [H, W, 1|2|3|4], uint8 or uint16) to uint8 [H, W, 3].
-
-  Returns (img_HWC uint8, problem) with problem None when nothing changed, else one of `CONVERTED`.
-  """
-  problem = None
-  if img.dtype != np.uint8:
-    scale = 257.0 if img.dtype == np.uint16 else (255.0 if img.dtype.kind == 'f' and img.max() <= 1.0 else 1.0)
-    img, problem = np.clip(img / scale, 0, 255).round().astype(np.uint8), '16bit'
-  if img.ndim == 2:
-    img = img[..., None]
-  channels = img.shape[-1]
-  if channels in (2, 4):  # Gray or colour with alpha: composite over white.
-    alpha = img[..., -1:].astype(np.float32) / 255.0
-    img = (img[..., :-1] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
-    problem = problem or 'rgba'
-  if img.shape[-1] == 1:
-    img, problem = np.repeat(img, 3, axis=-1), problem or 'grayscale'
-  return img, problem
 
 
 def resize_shorter(img_HWC: np.ndarray, size: int) -> np.ndarray:
