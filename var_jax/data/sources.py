@@ -40,9 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
       'prefetch': 2,  # Batches read ahead.
       'worker_count': 0,  # grain worker processes (> 0 needs absl flags parsed and a __main__ guard).
       # synthetic_shapes only:
-      'num_train': 50_000,
-      'num_eval': 5_000,
-      'max_shapes': 3,
+      'num_train': synthetic_shapes.NUM_TRAIN,
+      'num_eval': synthetic_shapes.NUM_EVAL,
+      'max_shapes': synthetic_shapes.MAX_SHAPES,
       'synthetic_seed': 0,
   })
 
@@ -107,7 +107,12 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
         what = ' '.join(str(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).split())
         raise ValueError(f'data.manual_dir: {manual!r} is missing or empty; {name} needs its files there: {what}')
       config = tfds.download.DownloadConfig(manual_dir=manual)
-    builder.download_and_prepare(file_format='array_record', download_config=config)
+    try:
+      builder.download_and_prepare(file_format='array_record', download_config=config)
+    except ModuleNotFoundError as e:  # TFDS's own builders write with tf.io.gfile; reading needs no TensorFlow.
+      raise ValueError(f'data.name: preparing {name} under {ddir} needs the module {e.name!r}; install it, or '
+                       f'build it elsewhere (tfds build {name} --file_format=array_record) and copy it to '
+                       f'{ddir}, or extract its images to class folders and use data.name=image_folder') from e
   return builder
 
 
