@@ -1,0 +1,160 @@
+"""Class-conditional VAR generation with classifier-free guidance and a static-shape KV cache.
+
+As the official `autoregressive_infer_cfg`: the batch is doubled (conditional rows first, then the
+unconditional class `num_classes`), scale k's logits are guided with t = cfg * k / (K - 1) as
+(1 + t) * cond - t * uncond, filtered by top-k then top-p and sampled; the tokens' codebook vectors
+update the tokenizer's f_hat (`ar_step`), whose area-downsampled next-scale map becomes the next input.
+
+Each scale is one jit-compiled step with static shapes (the KV cache is preallocated for all L
+positions and written in place), so after the first call with given shapes nothing recompiles.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from var_jax.models import var as var_lib
+
+
+def filter_top_k_top_p(logits_BlV, top_k, top_p):
+  """Official `sample_with_top_k_top_p_` filtering: -inf outside the top k, then outside the top p.
+
+  Both may be traced. top_k: int, 0 = off; ties with the k-th value are kept. top_p: float, 0 = off;
+  keeps the smallest high-probability set whose mass reaches top_p (always the most likely token).
+  """
+  V = logits_BlV.shape[-1]
+  order_BlV = jnp.argsort(logits_BlV, axis=-1)  # ascending; masking below keeps this order
+  sorted_BlV = jnp.take_along_axis(logits_BlV, order_BlV, axis=-1)
+  kth_Bl1 = jax.lax.dynamic_slice_in_dim(sorted_BlV, jnp.clip(V - top_k, 0, V - 1), 1, axis=-1)
+  drop_top_k = jnp.logical_and(top_k > 0, sorted_BlV < kth_Bl1)
+  sorted_BlV = jnp.where(drop_top_k, -jnp.inf, sorted_BlV)
+  drop_sorted = jnp.cumsum(jax.nn.softmax(sorted_BlV, axis=-1), axis=-1) <= 1 - top_p
+  drop_sorted = jnp.logical_and(drop_sorted.at[..., -1].set(False), top_p > 0)
+  drop_sorted = jnp.logical_or(drop_sorted, drop_top_k)
+  drop_BlV = jnp.take_along_axis(drop_sorted, jnp.argsort(order_BlV, axis=-1), axis=-1)
+  return jnp.where(drop_BlV, -jnp.inf, logits_BlV)
+
+
+def guidance_ratio(k: int, num_scales: int) -> float:
+  """k / (K - 1): 0 at the first scale, 1 at the last."""
+  return k / max(num_scales - 1, 1)
+
+
+class Sampler:
+  """Generates images with a VAR and its VQVAE tokenizer.
+
+  `sampler(var_params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0)` returns
+  (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3) float32 in [0, 1]).
+  cfg, top_k, top_p and the key are traced, so changing them does not recompile; more_smooth is
+  fixed per sampler. Labels are class indices in [0, num_classes]; num_classes is the unconditional class.
+  more_smooth: the official visualisation mode, feeding the tokenizer a gumbel-softmax mixture of
+  codebook vectors instead of the sampled tokens' (the returned indices are still the sampled ones).
+  """
+
+  def __init__(self, var_model: var_lib.VAR, vae_model: Any, *, more_smooth: bool = False):
+    if tuple(var_model.patch_nums) != tuple(vae_model.patch_nums):
+      raise ValueError(f'VAR patch_nums {tuple(var_model.patch_nums)} != tokenizer patch_nums '
+                       f'{tuple(vae_model.patch_nums)}')
+    if (var_model.vocab_size, var_model.cvae) != (vae_model.vocab_size, vae_model.z_channels):
+      raise ValueError(f'VAR (vocab_size, cvae)=({var_model.vocab_size}, {var_model.cvae}) != tokenizer '
+                       f'(vocab_size, z_channels)=({vae_model.vocab_size}, {vae_model.z_channels})')
+    self.var, self.vae = var_model, vae_model
+    self.more_smooth = bool(more_smooth)
+    self.patch_nums = tuple(var_model.patch_nums)
+    self._begin = jax.jit(self._begin_fn)
+    # The KV cache (argument 2) is updated in place.
+    self._steps = [jax.jit(functools.partial(self._step_fn, k), donate_argnums=(2,))
+                   for k in range(len(self.patch_nums))]
+    self._finish = jax.jit(self._finish_fn)
+
+  # ---- jitted pieces ----------------------------------------------------------------------------
+
+  def _begin_fn(self, var_params, label_B, rng):
+    B = label_B.shape[0]
+    label_2B = jnp.concatenate([label_B, jnp.full_like(label_B, self.var.num_classes)])
+    x_2BlC, cond_2BD = self.var.apply({'params': var_params}, label_2B,
+                                      method=var_lib.VAR.first_tokens)
+    cache_dtype = var_lib.DTYPES[self.var.dtype]
+    shape = self.var.kv_cache_shape(2 * B)
+    pn = self.patch_nums[-1]
+    kv = (jnp.zeros(shape, cache_dtype), jnp.zeros(shape, cache_dtype))
+    return kv, {'x': x_2BlC, 'cond': cond_2BD, 'rng': rng,
+                'f_hat': jnp.zeros((B, pn, pn, self.vae.z_channels), jnp.float32)}
+
+  def _step_fn(self, k, var_params, vae_params, kv, state, cfg, top_k, top_p):
+    var_vars, vae_vars = {'params': var_params}, {'params': vae_params}
+    logits_2BlV, kv = self.var.apply(var_vars, k, state['x'], state['cond'], kv,
+                                     method=var_lib.VAR.decode_scale)
+    B = logits_2BlV.shape[0] // 2
+    ratio = guidance_ratio(k, len(self.patch_nums))
+    t = cfg * ratio
+    logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
+    rng, key_sample, key_gumbel = jax.random.split(state['rng'], 3)
+    logits_BlV = filter_top_k_top_p(logits_BlV, top_k, top_p)
+    idx_Bl = jax.random.categorical(key_sample, logits_BlV, axis=-1).astype(jnp.int32)
+    if self.more_smooth:
+      tau = max(0.27 * (1 - ratio * 0.95), 0.005)
+      gumbel_BlV = jax.random.gumbel(key_gumbel, logits_BlV.shape)
+      soft_BlV = jax.nn.softmax((logits_BlV * (1 + ratio) + gumbel_BlV) / tau, axis=-1)
+      codebook_VC = self.vae.apply(vae_vars, jnp.arange(self.vae.vocab_size)[None],
+                                   method='embed')[0]
+      h_BlC = soft_BlV @ codebook_VC
+    else:
+      h_BlC = self.vae.apply(vae_vars, idx_Bl, method='embed')
+    pn = self.patch_nums[k]
+    f_hat, next_BnnC = self.vae.apply(vae_vars, k, state['f_hat'],
+                                      h_BlC.reshape(B, pn, pn, -1), method='ar_step')
+    state = dict(state, rng=rng, f_hat=f_hat)
+    if next_BnnC is not None:
+      x_BlC = self.var.apply(var_vars, k + 1, next_BnnC.reshape(B, -1, next_BnnC.shape[-1]),
+                             method=var_lib.VAR.embed_scale)
+      state['x'] = jnp.concatenate([x_BlC, x_BlC])
+    return kv, state, idx_Bl
+
+  def _finish_fn(self, vae_params, f_hat):
+    img = self.vae.apply({'params': vae_params}, f_hat, method='fhat_to_img')
+    return (img + 1) * 0.5
+
+  # ---- public -----------------------------------------------------------------------------------
+
+  def __call__(self, var_params, vae_params, label_B, rng, cfg: float = 1.5, top_k: int = 0,
+               top_p: float = 0.0):
+    if cfg < 0:
+      raise ValueError(f'cfg must be >= 0, got {cfg}')
+    if not 0 <= top_k <= self.var.vocab_size:
+      raise ValueError(f'top_k must be in [0, {self.var.vocab_size}], got {top_k}')
+    if not 0.0 <= top_p < 1.0:
+      raise ValueError(f'top_p must be in [0, 1), got {top_p}')
+    label_B = np.asarray(label_B)
+    if label_B.ndim != 1 or not label_B.size:
+      raise ValueError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
+    var_lib.check_labels(label_B, self.var.num_classes)
+    kv, state = self._begin(var_params, jnp.asarray(label_B, jnp.int32), rng)
+    knobs = (jnp.float32(cfg), jnp.int32(top_k), jnp.float32(top_p))
+    idx_list = []
+    for step in self._steps:
+      kv, state, idx_Bl = step(var_params, vae_params, kv, state, *knobs)
+      idx_list.append(idx_Bl)
+    return idx_list, self._finish(vae_params, state['f_hat'])
+
+
+def make_sampler(var_model: var_lib.VAR, vae_model: Any, *, more_smooth: bool = False) -> Sampler:
+  """A reusable, compile-once sampler; see `Sampler`."""
+  return Sampler(var_model, vae_model, more_smooth=more_smooth)
+
+
+def images_per_second(sampler: Sampler, var_params, vae_params, labels: Sequence[int], *,
+                      repeats: int = 3, seed: int = 0, **knobs) -> float:
+  """Sampling throughput for one batch of `labels` (knobs: cfg, top_k, top_p), after a warm-up call
+  that compiles."""
+  rng = jax.random.key(seed)
+  jax.block_until_ready(sampler(var_params, vae_params, labels, rng, **knobs))
+  start = time.perf_counter()
+  for i in range(repeats):
+    jax.block_until_ready(sampler(var_params, vae_params, labels, jax.random.fold_in(rng, i), **knobs))
+  return repeats * len(labels) / (time.perf_counter() - start)
