@@ -361,6 +361,15 @@ def fit_frontier(c: np.ndarray, y: np.ndarray, n_bootstrap: int = 1000, seed: in
 # ---------------------------------------------------------------------------------------------------
 
 
+def with_tokens_from_flops(table: Mapping[str, Sequence[Any]]) -> dict[str, Sequence[Any]]:
+  """A copy of `table` with tokens = flops / (6 params), Chinchilla's convention."""
+  missing = [c for c in ('params', 'flops') if c not in table]
+  if missing:
+    raise ValueError(f'tokens from flops needs columns {missing}; the table has {sorted(table)}')
+  ps, fs = (np.array([_to_float(v) for v in table[k]]) for k in ('params', 'flops'))
+  return dict(table, tokens=list(fs / (6 * ps)))
+
+
 def fit_table(table: Mapping[str, Sequence[Any]], law: str, x: str = 'params', y: str = 'loss',
               n_bootstrap: Optional[int] = None, seed: int = 0, tokens_from_flops: bool = False,
               drop_highest: int = 0) -> dict[str, Any]:
@@ -373,10 +382,7 @@ def fit_table(table: Mapping[str, Sequence[Any]], law: str, x: str = 'params', y
     raise ValueError(f'--law must be one of {LAWS}, got {law!r}')
   if law == 'power' and x not in X_COLUMNS:
     raise ValueError(f'--x must be one of {X_COLUMNS}, got {x!r}')
-  table = dict(table)
-  if tokens_from_flops:
-    ps, fs = (np.array([_to_float(v) for v in table[k]]) for k in ('params', 'flops'))
-    table['tokens'] = list(fs / (6 * ps))
+  table = with_tokens_from_flops(table) if tokens_from_flops else dict(table)
   columns = {'power': [x, y], 'chinchilla': ['params', 'tokens', y],
              'isoflop': ['flops', 'params'] + (['tokens'] if 'tokens' in table else []) + [y]}[law]
   cols = usable_columns(table, columns)
@@ -408,7 +414,9 @@ def _main(argv: Sequence[str]) -> None:
   f = flags.FLAGS
   rename = dict(kv.split('=', 1) for kv in f.rename)
   table = load_table(f.input, {v: k for k, v in rename.items()})
-  result = fit_table(table, f.law, f.x, f.y, f.bootstrap, f.seed, f.tokens_from_flops, f.drop_highest)
+  if f.tokens_from_flops:
+    table = with_tokens_from_flops(table)
+  result = fit_table(table, f.law, f.x, f.y, f.bootstrap, f.seed, drop_highest=f.drop_highest)
   os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
   with open(f.out, 'w') as fh:
     json.dump(result, fh, indent=2)
@@ -417,7 +425,7 @@ def _main(argv: Sequence[str]) -> None:
   print(json.dumps(dict(law=f.law, n_points=result['n_points'], seconds=round(result['seconds'], 2), **summary)))
   if f.plot:
     from var_jax.scaling import plots  # matplotlib only when a figure is asked for
-    plots.plot_fit(table, result, f.plot)
+    plots.fit_figure(table, result, f.plot)
 
 
 def _define_flags() -> None:

@@ -1,0 +1,178 @@
+"""Sweep runner: expansion, stable run ids, local runs with a failure, no duplicate work, results.csv."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO
+import ml_collections
+import pytest
+
+from var_jax import flops
+from var_jax.scaling import sweep
+from var_jax.train import config as config_lib
+
+# A stand-in for `python -m var_jax.train`: reads the run config beside --config, logs each call,
+# fails depth 3 the way the trainer reports a bad config, and writes eval records, DONE and a checkpoint
+# folder otherwise. Loss = 5 depth^-0.3 at the end, higher before.
+FAKE_TRAINER = textwrap.dedent('''
+    import json, os, sys
+    args = dict(a[2:].split('=', 1) for a in sys.argv[1:])
+    with open(os.path.join(os.path.dirname(args['config']), 'run_config.json')) as f:
+      cfg = json.load(f)
+    workdir = args['workdir']
+    with open(os.environ['FAKE_TRAINER_CALLS'], 'a') as f:
+      f.write(os.path.basename(workdir) + '\\n')
+    depth, steps = cfg['model']['depth'], cfg['steps']
+    if depth == 3:
+      sys.stderr.write('var-train: error: config: model.depth=3 is not supported here\\n')
+      sys.exit(2)
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+      for step in range(1, steps + 1):
+        loss = 5.0 * depth ** -0.3 * (1 + (steps - step) / steps)
+        rec = dict(step=step, split='eval', loss=loss, loss_last_scale=loss + 0.5, acc=0.1 * depth,
+                   acc_last_scale=0.05 * depth, loss_scale_0=loss - 1, loss_scale_1=loss + 1,
+                   tokens_seen=step * 100.0, flops_seen=step * 1e6 * depth)
+        f.write(json.dumps(rec) + '\\n')
+    with open(os.path.join(workdir, 'DONE'), 'w') as f:
+      json.dump(dict(step=steps, eval=rec), f)
+''')
+
+
+def _sweep_config(depths=(1, 2, 3), steps=(3,)):
+  base = config_lib.base_config(with_datasets=False)
+  base.batch_size = 4
+  base.model.update(dict(vocab_size=16, cvae=4, patch_nums=(1, 2), num_classes=3))
+  base.tokenizer.update(dict(vocab_size=16, z_channels=4, patch_nums=(1, 2)))
+  c = ml_collections.ConfigDict()
+  c.base = base
+  c.axes = [('model.depth', depths), ('steps', steps)]
+  c.derived = [('optim.lr', lambda cfg: 1e-3 / cfg.model.depth)]
+  return c
+
+
+@pytest.fixture
+def fake_trainer(tmp_path, monkeypatch):
+  script = tmp_path / 'fake_train.py'
+  script.write_text(FAKE_TRAINER)
+  calls = tmp_path / 'calls.txt'
+  calls.write_text('')
+  monkeypatch.setenv(sweep.TRAINER_ENV, f'{sys.executable} {script}')
+  monkeypatch.setenv('FAKE_TRAINER_CALLS', str(calls))
+  return lambda: calls.read_text().split()
+
+
+def test_expand_takes_the_product_with_explicit_rules_and_stable_ids():
+  runs = sweep.expand(_sweep_config(depths=(1, 2), steps=(3, 5)))
+  assert [(r.config.model.depth, r.config.steps) for r in runs] == [(1, 3), (1, 5), (2, 3), (2, 5)]
+  assert [r.config.optim.lr for r in runs] == [1e-3, 1e-3, 5e-4, 5e-4]
+  assert runs[0].run_id.startswith('d1-s3-') and len({r.run_id for r in runs}) == 4
+  assert [r.run_id for r in sweep.expand(_sweep_config(depths=(1, 2), steps=(3, 5)))] == [r.run_id for r in runs]
+
+
+def test_budgets_set_steps_from_tokens_and_flops():
+  c = _sweep_config(depths=(1, 2), steps=(3,))
+  c.axes = [('model.depth', (1, 2)), ('flops', (1e12,))]
+  c.runs = [{'model.embed_dim': 128, 'model.num_heads': 2}]
+  runs = sweep.expand(c)
+  for r in runs:
+    kw = dict(depth=r.config.model.depth, embed_dim=128, num_heads=2, vocab_size=16, cvae=4, patch_nums=(1, 2),
+              num_classes=3)
+    assert r.config.steps == round(1e12 / flops.train_flops_per_image(kw) / 4)
+  assert runs[0].config.steps > runs[1].config.steps  # same compute, bigger model, fewer steps
+  c.axes = [('model.depth', (1,)), ('tokens', (4 * 5 * 10,))]  # 5 tokens per image, batch 4 -> 10 steps
+  assert sweep.expand(c)[0].config.steps == 10
+
+
+@pytest.mark.parametrize('axes,msg', [
+    ([('model.no_such_key', (1,))], "unknown config key 'model.no_such_key'"),
+    ([('model.depth', 3)], 'each axis must be'),
+    ([('tokens', (1e9,)), ('flops', (1e9,))], 'one data budget'),
+    ([('epochs', (1,))], 'images_per_epoch'),
+])
+def test_bad_sweep_files_are_clear_errors(axes, msg):
+  c = _sweep_config()
+  c.axes = axes
+  with pytest.raises(ValueError, match=msg):
+    sweep.expand(c)
+
+
+def test_local_sweep_records_failure_skips_done_runs_and_writes_results(tmp_path, fake_trainer):
+  root = str(tmp_path / 'root')
+  out = io.StringIO()
+  sweep.launch(_sweep_config(), root, 'local', report=False, out=out)
+  assert sorted(fake_trainer()) == sorted(r.run_id for r in sweep.expand(_sweep_config()))
+  log = out.getvalue()
+  assert '[3/3]' in log and 'failed (exit 2): var-train: error: config: model.depth=3' in log
+
+  with open(os.path.join(root, 'results.csv')) as f:
+    rows = {r['depth']: r for r in csv.DictReader(f)}
+  assert [rows[d]['status'] for d in '123'] == ['done', 'done', 'failed']
+  assert 'model.depth=3 is not supported' in rows['3']['error'] and rows['3']['loss'] == ''
+  assert float(rows['2']['loss']) == pytest.approx(5.0 * 2 ** -0.3)
+  assert float(rows['2']['loss_last_scale']) == pytest.approx(5.0 * 2 ** -0.3 + 0.5)
+  assert float(rows['1']['flops']) == 3e6 and float(rows['1']['tokens']) == 300
+  assert float(rows['2']['loss_scale_1']) == pytest.approx(5.0 * 2 ** -0.3 + 1)
+  kw = dict(depth=2, vocab_size=16, cvae=4, patch_nums=(1, 2), num_classes=3)
+  assert int(rows['2']['params']) == flops.param_counts(kw)['total']
+  assert int(rows['2']['params_nonembed']) == flops.param_counts(kw)['nonembed']
+  assert int(rows['2']['width']) == 128
+
+  calls = len(fake_trainer())
+  out = io.StringIO()
+  sweep.launch(_sweep_config(), root, 'local', report=False, out=out)
+  assert len(fake_trainer()) == calls  # nothing reran: two done, one recorded as failed
+  assert '0 to run' in out.getvalue() and '2 done, 1 failed' in out.getvalue()
+
+  sweep.launch(_sweep_config(), root, 'local', retry_failed=True, report=False, out=io.StringIO())
+  assert len(fake_trainer()) == calls + 1
+
+
+def test_partial_run_is_resumed(tmp_path, fake_trainer):
+  root = str(tmp_path / 'root')
+  run = sweep.expand(_sweep_config(depths=(2,)))[0]
+  run_dir = sweep.write_run_files(root, run)
+  open(os.path.join(run_dir, 'metrics.jsonl'), 'w').close()
+  out = io.StringIO()
+  sweep.launch(_sweep_config(depths=(2,)), root, 'local', report=False, out=out)
+  assert f'{run.run_id}: resuming' in out.getvalue() and fake_trainer() == [run.run_id]
+
+
+def test_run_config_file_loads_the_run_config_through_config_flags(tmp_path):
+  from absl import flags
+  from ml_collections import config_flags
+  run = sweep.expand(_sweep_config(depths=(2,)))[0]
+  run_dir = sweep.write_run_files(str(tmp_path), run)
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=fv)
+  fv(['x', sweep.train_args(run_dir)[0]])
+  assert sweep.config_hash(fv.config) == sweep.config_hash(run.config)
+  assert fv.config.model.patch_nums == (1, 2)
+
+
+def test_cli_print_launcher_and_aggregate_only(tmp_path):
+  sweep_file = tmp_path / 'my_sweep.py'
+  sweep_file.write_text(textwrap.dedent('''
+      import ml_collections
+      from var_jax.train import config as config_lib
+      def get_config(arg=None):
+        c = ml_collections.ConfigDict()
+        c.base = config_lib.base_config(with_datasets=False)
+        c.axes = [('model.depth', (2, 4))]
+        return c
+  '''))
+  root = tmp_path / 'root'
+  cmd = [sys.executable, '-m', 'var_jax.sweep', f'--config={sweep_file}', f'--workdir={root}']
+  printed = subprocess.run(cmd + ['--launcher=print', '--config.base.steps=7'], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+  assert len(printed) == 2 and all('-m var_jax.train --config=' in line for line in printed)
+  assert 'd2-s7-' in printed[0] and 'd4-s7-' in printed[1]
+  subprocess.run(cmd + ['--aggregate-only', '--noreport'], cwd=REPO, check=True, capture_output=True)
+  with open(root / 'results.csv') as f:
+    assert [r['status'] for r in csv.DictReader(f)] == ['pending', 'pending']
+  bad = subprocess.run(cmd + ['--launcher=print', '--config.base.model.depth_x=3'],
+                       cwd=REPO, capture_output=True, text=True)
+  assert bad.returncode != 0 and 'depth_x' in bad.stderr

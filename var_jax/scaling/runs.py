@@ -1,0 +1,56 @@
+"""Reading the folder of one training run: `metrics.jsonl` and `DONE` (var_jax.train) and `ERROR` (the sweep runner).
+
+Run status, as `results.csv` reports it:
+  done      DONE exists (the run reached its last step)
+  diverged  ERROR records a non-finite loss
+  failed    ERROR records any other failure (exit status and the error line)
+  partial   no DONE, but metrics or checkpoints exist (a rerun resumes it)
+  pending   nothing yet
+"""
+import json
+import math
+import os
+from typing import Any, Optional
+
+STATUSES = ('done', 'diverged', 'failed', 'partial', 'pending')
+DONE, ERROR, METRICS = 'DONE', 'ERROR', 'metrics.jsonl'
+
+
+def read_json(path: str) -> Optional[dict]:
+  """The JSON object in `path`, or None when the file is absent or unreadable (e.g. half written)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def read_metrics(run_dir: str, split: Optional[str] = 'eval') -> list[dict[str, Any]]:
+  """Records of `metrics.jsonl` for `split` (all splits if None), in file order; bad lines are skipped."""
+  records = []
+  try:
+    with open(os.path.join(run_dir, METRICS)) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue  # a line cut short by a killed process
+        if split is None or record.get('split') == split:
+          records.append(record)
+  except OSError:
+    pass
+  return records
+
+
+def status(run_dir: str) -> str:
+  """One of STATUSES (see the module docstring)."""
+  if os.path.exists(os.path.join(run_dir, DONE)):
+    done = read_json(os.path.join(run_dir, DONE)) or {}
+    loss = done.get('eval_loss', done.get('loss'))
+    return 'diverged' if isinstance(loss, float) and not math.isfinite(loss) else 'done'
+  error = read_json(os.path.join(run_dir, ERROR))
+  if error is not None:
+    return error.get('status', 'failed')
+  if os.path.exists(os.path.join(run_dir, METRICS)) or os.path.isdir(os.path.join(run_dir, 'checkpoints')):
+    return 'partial'
+  return 'pending'

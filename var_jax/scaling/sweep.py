@@ -1,0 +1,356 @@
+"""Scaling sweeps: expand a sweep file into run configs, launch the runs, aggregate `ROOT/results.csv`.
+
+A sweep file is an ml_collections config file whose `get_config(arg=None)` returns a ConfigDict with
+  base              a complete training config (var_jax/train/config.py), shared by every run;
+  axes              [(key, values), ...]: one run per combination (dotted keys, e.g. 'model.depth');
+  runs              [{key: value, ...}, ...] (optional): explicit points, each combined with every
+                    combination of `axes` (e.g. an explicit width for one size);
+  derived           [(key, fn), ...] (optional): `fn(run_config) -> value`, applied in order after the
+                    axes. Learning-rate rules live here, in plain sight;
+  images_per_epoch  (optional) what an `epochs` budget multiplies.
+Besides config keys, axes and runs may set a data budget that fixes `steps` from the batch size:
+`tokens`, `images`, `epochs`, or `flops` (analytic training FLOPs of the run's model, var_jax.flops;
+an IsoFLOP sweep crosses `flops` with `model.depth`).
+
+Each run has a stable id, '<prefix>-<hash>' (prefix `d{depth}-s{steps}`, hash of its config), and a
+folder ROOT/<run_id> holding run_config.json (the config), run_config.py (what `var_jax.train
+--config=` loads), train.log, the trainer's own outputs, and ERROR when the run failed.
+"""
+import csv
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TextIO
+
+import ml_collections
+
+from var_jax import flops
+from var_jax.models import var as var_lib
+from var_jax.scaling import runs as runs_lib
+
+BUDGET_KEYS = ('tokens', 'images', 'epochs', 'flops')
+RUN_CONFIG_JSON, RUN_CONFIG_PY, LOG = 'run_config.json', 'run_config.py', 'train.log'
+# Hidden hook for tests: a command (shell words) that replaces `python -m var_jax.train`.
+TRAINER_ENV = 'VAR_JAX_SWEEP_TRAINER'
+RESULT_COLUMNS = ('run_id', 'depth', 'width', 'heads', 'params', 'params_nonembed', 'batch_size', 'steps',
+                  'tokens', 'flops', 'loss', 'loss_last_scale', 'acc', 'acc_last_scale', 'status', 'error')
+_RUN_CONFIG_PY = '''"""Written by var_jax.sweep: the run's config is run_config.json beside this file."""
+import os
+
+from var_jax.scaling import sweep
+
+
+def get_config(arg=None):
+  del arg
+  return sweep.load_run_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), {json!r}))
+'''
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  run_id: str
+  config: ml_collections.ConfigDict
+
+
+# ---------------------------------------------------------------------------------------------------
+# Expansion.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _set(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  *parents, leaf = key.split('.')
+  node = cfg
+  for i, part in enumerate(parents):
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise ValueError(f'sweep: unknown config key {key!r} ({".".join(parents[:i + 1])!r} is not a group)')
+    node = node[part]
+  if leaf not in node:
+    raise ValueError(f'sweep: unknown config key {key!r}')
+  try:
+    node[leaf] = tuple(value) if isinstance(value, list) else value
+  except TypeError as e:
+    raise ValueError(f'sweep: bad value {value!r} for {key!r}: {e}') from None
+
+
+def _steps_for_budget(cfg: ml_collections.ConfigDict, kind: str, amount: float,
+                      images_per_epoch: Optional[int]) -> int:
+  """Training steps that spend `amount` of `kind` (tokens, images, epochs or flops) at cfg's batch size."""
+  model = var_lib.resolve(cfg.model)
+  images = {
+      'images': lambda: amount,
+      'tokens': lambda: amount / flops.tokens_per_image(model['patch_nums']),
+      'flops': lambda: amount / flops.train_flops_per_image(model),
+      'epochs': lambda: amount * images_per_epoch,
+  }[kind]
+  if kind == 'epochs' and not images_per_epoch:
+    raise ValueError('sweep: an `epochs` budget needs `images_per_epoch` in the sweep file')
+  steps = round(images() / cfg.batch_size)
+  if steps < 1:
+    raise ValueError(f'sweep: {kind}={amount:g} is less than one step of batch_size={cfg.batch_size}')
+  return int(steps)
+
+
+def config_hash(cfg: ml_collections.ConfigDict) -> str:
+  return hashlib.sha1(cfg.to_json(sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_id(cfg: ml_collections.ConfigDict) -> str:
+  """'d{depth}-s{steps}-{hash of the config}': readable, and stable for a given config."""
+  return f'd{cfg.model.depth}-s{cfg.steps}-{config_hash(cfg)}'
+
+
+def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
+  """The runs of a sweep file's config (see the module docstring), in axes order, duplicates removed."""
+  if 'base' not in sweep:
+    raise ValueError('sweep: the sweep config needs a `base` training config')
+  axes = [tuple(a) for a in sweep.get('axes') or ()]
+  for axis in axes:
+    if len(axis) != 2 or isinstance(axis[1], (str, bytes)) or not isinstance(axis[1], Iterable):
+      raise ValueError(f'sweep: each axis must be (key, [values]), got {axis!r}')
+  points = list(sweep.get('runs') or [{}])
+  derived = list(sweep.get('derived') or ())
+  images_per_epoch = sweep.get('images_per_epoch')
+  out, seen = [], set()
+  for combo in itertools.product(*[[(k, v) for v in values] for k, values in axes]):
+    for point in points:
+      settings = dict(combo)
+      settings.update(point)
+      cfg = ml_collections.ConfigDict(sweep.base.to_dict())
+      budget = {k: settings.pop(k) for k in BUDGET_KEYS if k in settings}
+      if len(budget) > 1:
+        raise ValueError(f'sweep: set one data budget per run, got {sorted(budget)}')
+      for key, value in settings.items():
+        _set(cfg, key, value)
+      for kind, amount in budget.items():
+        cfg.steps = _steps_for_budget(cfg, kind, amount, images_per_epoch)
+      for key, fn in derived:
+        _set(cfg, key, fn(cfg))
+      run = Run(run_id(cfg), cfg)
+      if run.run_id not in seen:
+        seen.add(run.run_id)
+        out.append(run)
+  return out
+
+
+def load_run_config(path: str) -> ml_collections.ConfigDict:
+  """A run config from its JSON (lists come back as the tuples the training config uses)."""
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+  with open(path) as f:
+    return ml_collections.ConfigDict(tuples(json.load(f)))
+
+
+def write_run_files(root: str, run: Run) -> str:
+  """ROOT/<run_id>/run_config.{json,py}; returns the run folder. An existing config is kept as is."""
+  run_dir = os.path.join(root, run.run_id)
+  os.makedirs(run_dir, exist_ok=True)
+  json_path = os.path.join(run_dir, RUN_CONFIG_JSON)
+  if not os.path.exists(json_path):
+    with open(json_path + '.tmp', 'w') as f:
+      f.write(run.config.to_json(indent=2, sort_keys=True))
+    os.replace(json_path + '.tmp', json_path)
+  with open(os.path.join(run_dir, RUN_CONFIG_PY), 'w') as f:
+    f.write(_RUN_CONFIG_PY.format(json=RUN_CONFIG_JSON))
+  return run_dir
+
+
+# ---------------------------------------------------------------------------------------------------
+# Launching.
+# ---------------------------------------------------------------------------------------------------
+
+
+def train_args(run_dir: str) -> list[str]:
+  run_dir = os.path.abspath(run_dir)
+  return [f'--config={os.path.join(run_dir, RUN_CONFIG_PY)}', f'--workdir={run_dir}']
+
+
+def trainer_command(run_dir: str) -> list[str]:
+  prefix = shlex.split(os.environ[TRAINER_ENV]) if os.environ.get(TRAINER_ENV) else [
+      sys.executable, '-m', 'var_jax.train']
+  return prefix + train_args(run_dir)
+
+
+def _error_line(log_path: str) -> str:
+  """The most telling line of a failed run's log: the trainer's one-line error, else the exception."""
+  try:
+    with open(log_path, errors='replace') as f:
+      lines = [l.strip() for l in f.read().splitlines() if l.strip()]
+  except OSError:
+    return ''
+  for pattern in (r'error:', r'^[\w.]*(Error|Exception)\b'):
+    for line in reversed(lines):
+      if re.search(pattern, line):
+        return line[:500]
+  return lines[-1][:500] if lines else ''
+
+
+def _fmt_seconds(s: float) -> str:
+  return f'{int(s // 3600)}h{int(s % 3600 // 60):02d}m{int(s % 60):02d}s'
+
+
+def pending(root: str, runs: Sequence[Run], retry_failed: bool) -> list[Run]:
+  """Runs to launch: not done, and not failed/diverged unless `retry_failed`."""
+  skip = ('done',) if retry_failed else ('done', 'failed', 'diverged')
+  return [r for r in runs if runs_lib.status(os.path.join(root, r.run_id)) not in skip]
+
+
+def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: TextIO = sys.stdout) -> None:
+  """Runs the pending runs one after another as subprocesses; a failure is recorded and the next starts."""
+  todo = pending(root, runs, retry_failed)
+  done_before = len(runs) - len(todo)
+  print(f'sweep: {len(runs)} runs, {done_before} already finished or failed, {len(todo)} to run', file=out,
+        flush=True)
+  start = time.time()
+  for k, run in enumerate(todo):
+    run_dir = write_run_files(root, run)
+    before = runs_lib.status(run_dir)
+    elapsed = time.time() - start
+    eta = '' if k == 0 else f', eta {_fmt_seconds(elapsed / k * (len(todo) - k))}'
+    print(f'[{k + 1}/{len(todo)}] {run.run_id}: {"resuming" if before == "partial" else "starting"} '
+          f'(elapsed {_fmt_seconds(elapsed)}{eta})', file=out, flush=True)
+    error_path = os.path.join(run_dir, runs_lib.ERROR)
+    if os.path.exists(error_path):
+      os.remove(error_path)
+    log_path = os.path.join(run_dir, LOG)
+    t0 = time.time()
+    with open(log_path, 'a') as log:
+      log.write(f'$ {shlex.join(trainer_command(run_dir))}\n')
+      log.flush()
+      proc = subprocess.Popen(trainer_command(run_dir), stdout=log, stderr=subprocess.STDOUT)
+      try:
+        rc = proc.wait()
+      except KeyboardInterrupt:
+        proc.terminate()  # the trainer checkpoints on SIGTERM; the next invocation resumes it
+        proc.wait()
+        raise
+    if rc == 0 and runs_lib.status(run_dir) == 'done':
+      final = (runs_lib.read_json(os.path.join(run_dir, runs_lib.DONE)) or {}).get('eval') or {}
+      loss = final.get('loss')
+      print(f'    done in {_fmt_seconds(time.time() - t0)}' + (f', eval loss {loss:.4f}' if loss else ''),
+            file=out, flush=True)
+      continue
+    error = _error_line(log_path) or f'exit status {rc} without a DONE file'
+    kind = 'diverged' if re.search(r'non-finite|nan', error, re.IGNORECASE) else 'failed'
+    with open(error_path, 'w') as f:
+      json.dump(dict(status=kind, returncode=rc, error=error, log=log_path), f, indent=1)
+    print(f'    {kind} (exit {rc}): {error}  [log: {log_path}]', file=out, flush=True)
+
+
+def print_commands(root: str, runs: Sequence[Run], retry_failed: bool = False, out: TextIO = sys.stdout) -> None:
+  """One `python -m var_jax.train ...` line per pending run (run files are written so the lines work)."""
+  for run in pending(root, runs, retry_failed):
+    print(shlex.join(trainer_command(write_run_files(root, run))), file=out)
+
+
+def submit_slurm(root: str, runs: Sequence[Run], sbatch_args: str = '', retry_failed: bool = False,
+                 out: TextIO = sys.stdout) -> None:
+  """`sbatch [ARGS] launch/slurm.sbatch --config=... --workdir=...` per pending run, from the checkout."""
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  script = os.path.join(repo, 'launch', 'slurm.sbatch')
+  if not os.path.exists(script):
+    raise FileNotFoundError(f'{script} not found: --launcher=slurm needs a var_jax checkout with launch/')
+  for run in pending(root, runs, retry_failed):
+    run_dir = write_run_files(root, run)
+    cmd = ['sbatch', f'--job-name=var-{run.run_id}', f'--output={os.path.join(run_dir, "slurm-%j.out")}',
+           *shlex.split(sbatch_args), script, *train_args(run_dir)]
+    result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    if result.returncode:
+      raise RuntimeError(f'sbatch failed for {run.run_id}: {result.stderr.strip()}')
+    print(f'{run.run_id}: {result.stdout.strip()}', file=out, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Aggregation.
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_dirs(root: str) -> list[str]:
+  """Run folders under ROOT (those holding a run_config.json)."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'sweep workdir {root} does not exist')
+  return sorted(os.path.join(root, d) for d in os.listdir(root)
+                if os.path.exists(os.path.join(root, d, RUN_CONFIG_JSON)))
+
+
+def result_row(run_dir: str) -> dict[str, Any]:
+  """One results.csv row: sizes from the config, final eval figures, status and error."""
+  cfg = load_run_config(os.path.join(run_dir, RUN_CONFIG_JSON))
+  model = var_lib.resolve(cfg.model)
+  counts = flops.param_counts(model)
+  status = runs_lib.status(run_dir)
+  done = runs_lib.read_json(os.path.join(run_dir, runs_lib.DONE)) or {}
+  evals = runs_lib.read_metrics(run_dir, 'eval')
+  final = done.get('eval') or (evals[-1] if evals else {})
+  images = cfg.steps * cfg.batch_size
+  row = dict(run_id=os.path.basename(run_dir), depth=model['depth'], width=model['embed_dim'],
+             heads=model['num_heads'], params=counts['total'], params_nonembed=counts['nonembed'],
+             batch_size=cfg.batch_size, steps=cfg.steps,
+             tokens=final.get('tokens_seen', images * flops.tokens_per_image(model['patch_nums'])),
+             flops=final.get('flops_seen', images * flops.train_flops_per_image(model)),
+             status=status, error=(runs_lib.read_json(os.path.join(run_dir, runs_lib.ERROR)) or {}).get('error', ''))
+  if status != 'pending':
+    row.update({k: v for k, v in final.items() if k.startswith(('loss', 'acc'))})
+  return row
+
+
+def _scale_key(column: str) -> tuple:
+  kind, _, k = column.rpartition('_')
+  return (kind, int(k)) if k.isdigit() else (column, -1)
+
+
+def aggregate(root: str) -> list[dict[str, Any]]:
+  """Writes ROOT/results.csv (one row per run, RESULT_COLUMNS then per-scale losses and accuracies)."""
+  rows = sorted((result_row(d) for d in run_dirs(root)), key=lambda r: (r['params'], r['steps'], r['run_id']))
+  extra = sorted({k for r in rows for k in r} - set(RESULT_COLUMNS), key=_scale_key)
+  path = os.path.join(root, 'results.csv')
+  with open(path + '.tmp', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(RESULT_COLUMNS) + extra, restval='')
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(path + '.tmp', path)
+  return rows
+
+
+def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
+  counts = {s: sum(r['status'] == s for r in rows) for s in runs_lib.STATUSES}
+  return 'sweep: ' + ', '.join(f'{n} {s}' for s, n in counts.items() if n) + f' ({len(rows)} runs)'
+
+
+def launch(sweep: Optional[ml_collections.ConfigDict], root: str, launcher: str = 'local',
+           aggregate_only: bool = False, retry_failed: bool = False, sbatch_args: str = '',
+           report: bool = True, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
+  """What `python -m var_jax.sweep` does: launch (unless aggregate_only), then results.csv and the report."""
+  launchers: dict[str, Callable[..., None]] = {
+      'local': lambda r: run_local(root, r, retry_failed, out),
+      'print': lambda r: print_commands(root, r, retry_failed, out),
+      'slurm': lambda r: submit_slurm(root, r, sbatch_args, retry_failed, out),
+  }
+  if launcher not in launchers:
+    raise ValueError(f'--launcher must be one of {sorted(launchers)}, got {launcher!r}')
+  os.makedirs(root, exist_ok=True)
+  if not aggregate_only:
+    if sweep is None:
+      raise ValueError('--config (a sweep file) is needed unless --aggregate_only')
+    runs = expand(sweep)
+    for run in runs:
+      write_run_files(root, run)
+    launchers[launcher](runs)
+    if launcher != 'local':
+      return []
+  rows = aggregate(root)
+  print(f'{summary_line(rows)}; table: {os.path.join(root, "results.csv")}', file=out, flush=True)
+  if report:
+    from var_jax.scaling import report as report_lib  # matplotlib only when a report is asked for
+    path = report_lib.write_report(root)
+    print(f'report: {path}', file=out, flush=True)
+  return rows
