@@ -1,0 +1,317 @@
+"""Weights between official VAR PyTorch state dicts and var_jax Flax params.
+
+Usage:
+  python -m var_jax.convert --src vae_ch160v4096z32.pth --dst tokenizer_dir
+  python -m var_jax.convert --src tokenizer_dir --dst vae.pth
+
+A model's mapping is a `KeyMap`: regex rules that turn a Flax module path into the
+official module name, plus the official buffers that are not parameters. Leaves map by
+name (`kernel`/`scale`/`embedding` -> `weight`, `bias` -> `bias`); conv kernels go
+HWIO <-> OIHW and dense kernels (in, out) <-> (out, in). Expected names and shapes come
+from `jax.eval_shape` of the module's init, so any configuration converts.
+
+On disk a tokenizer is a directory with `config.json` (VQVAE attributes) and
+`vae_state.npz` (official key names), or a bare official `.pth` / `.npz` state dict
+(default VQVAE configuration).
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from absl import app
+from absl import flags
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from var_jax.models import quantizer
+from var_jax.models import tokenizer
+
+StateDict = Dict[str, np.ndarray]
+Params = Dict[str, Any]
+
+_LEAF_NAMES = {'kernel': 'weight', 'scale': 'weight', 'embedding': 'weight', 'bias': 'bias'}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyMap:
+  """How one model's Flax params correspond to its official state dict.
+
+  Attributes:
+    rules: (pattern, replacement) regex substitutions applied in order to the Flax
+      module path joined with '/'; '/' then becomes '.'.
+    buffers: official keys that hold no parameter (e.g. statistics), each with a
+      factory for its default value; they are carried through, never shape-checked.
+  """
+  rules: Sequence[Tuple[str, str]]
+  buffers: Mapping[str, Callable[[], np.ndarray]] = dataclasses.field(default_factory=dict)
+
+  def official_key(self, path: Tuple[str, ...]) -> str:
+    module = '/'.join(path[:-1])
+    for pattern, replacement in self.rules:
+      module = re.sub(pattern, replacement, module)
+    return f"{module.replace('/', '.')}.{_LEAF_NAMES[path[-1]]}"
+
+
+def _official_shape(shape: Tuple[int, ...], leaf: str) -> Tuple[int, ...]:
+  if leaf == 'kernel' and len(shape) == 4:
+    return (shape[3], shape[2], shape[0], shape[1])
+  if leaf == 'kernel' and len(shape) == 2:
+    return (shape[1], shape[0])
+  return tuple(shape)
+
+
+def _to_official(x: np.ndarray, leaf: str) -> np.ndarray:
+  if leaf == 'kernel' and x.ndim == 4:
+    return np.transpose(x, (3, 2, 0, 1))  # conv HWIO -> OIHW
+  if leaf == 'kernel' and x.ndim == 2:
+    return np.transpose(x)  # dense (in, out) -> (out, in)
+  return x
+
+
+def _from_official(x: np.ndarray, leaf: str) -> np.ndarray:
+  if leaf == 'kernel' and x.ndim == 4:
+    return np.transpose(x, (2, 3, 1, 0))  # OIHW -> HWIO
+  if leaf == 'kernel' and x.ndim == 2:
+    return np.transpose(x)
+  return x
+
+
+def _flat_leaves(shapes_tree: Params) -> Dict[Tuple[str, ...], Any]:
+  return {tuple(k): v for k, v in flax.traverse_util.flatten_dict(shapes_tree).items()}
+
+
+def state_dict_to_params(state_dict: Mapping[str, Any], template: Params, keymap: KeyMap,
+                         what: str) -> Tuple[Params, StateDict]:
+  """Official state dict -> (Flax params shaped like `template`, buffers).
+
+  Args:
+    state_dict: official key -> array.
+    template: Flax params tree of arrays or ShapeDtypeStructs (the expected layout).
+    keymap: the model's KeyMap.
+    what: names the source in errors (e.g. the file path).
+
+  Raises:
+    ValueError listing every missing, unexpected and mis-shaped key.
+  """
+  expected = {keymap.official_key(path): (path, leaf)
+              for path, leaf in _flat_leaves(template).items()}
+  missing = sorted(set(expected) - set(state_dict))
+  unexpected = sorted(set(state_dict) - set(expected) - set(keymap.buffers))
+  flat, misshaped = {}, []
+  for key, (path, leaf) in expected.items():
+    if key not in state_dict:
+      continue
+    want = _official_shape(tuple(leaf.shape), path[-1])
+    if tuple(np.shape(state_dict[key])) != want:
+      misshaped.append(f'{key} {tuple(np.shape(state_dict[key]))} (expected {want})')
+      continue
+    flat[path] = _from_official(np.asarray(state_dict[key], np.float32), path[-1])
+  problems = [f'{name}: {", ".join(keys)}' for name, keys in
+              (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped))
+              if keys]
+  if problems:
+    raise ValueError(f'{what} does not match the model: ' + '; '.join(problems))
+  buffers = {k: np.asarray(state_dict[k]) if k in state_dict else default()
+             for k, default in keymap.buffers.items()}
+  return flax.traverse_util.unflatten_dict(flat), buffers
+
+
+def params_to_state_dict(params: Params, keymap: KeyMap,
+                         buffers: Optional[Mapping[str, np.ndarray]] = None) -> StateDict:
+  """Flax params (+ buffers, defaults where absent) -> official state dict of numpy."""
+  out = {keymap.official_key(path): _to_official(np.asarray(leaf), path[-1])
+         for path, leaf in _flat_leaves(params).items()}
+  buffers = dict(buffers or {})
+  for key, default in keymap.buffers.items():
+    out[key] = np.asarray(buffers.pop(key)) if key in buffers else default()
+  if buffers:
+    raise ValueError(f'unknown buffers for this model: {sorted(buffers)}')
+  return out
+
+
+# ----------------------------------------------------------------------------- VQVAE
+
+
+def vae_keymap(vae: tokenizer.VQVAE) -> KeyMap:
+  """KeyMap of the tokenizer; the phi container's name depends on the sharing mode."""
+  phi_container = {0: 'quant_resi.', 1: 'quant_resi.qresi'}.get(
+      vae.share_quant_resi, 'quant_resi.qresi_ls.')
+  # Fully shared: one phi, no index in the official name.
+  phi_rule = (r'quantize/phis_(\d+)',
+              'quantize/' + phi_container + ('' if vae.share_quant_resi == 1 else r'\1'))
+  num_scales = len(vae.patch_nums)
+  return KeyMap(
+      rules=(
+          (r'(down|up)_(\d+)_(block|attn)_(\d+)', r'\1.\2.\3.\4'),
+          (r'(down|up)_(\d+)_(downsample|upsample)', r'\1.\2.\3'),
+          phi_rule,
+      ),
+      buffers={'quantize.ema_vocab_hit_SV':
+               lambda: np.zeros((num_scales, vae.vocab_size), np.float32)})
+
+
+def vae_param_shapes(vae: tokenizer.VQVAE) -> Params:
+  """The tokenizer's params tree as ShapeDtypeStructs (nothing is computed)."""
+  img = jax.ShapeDtypeStruct((1, vae.image_size, vae.image_size, 3), jnp.float32)
+  return jax.eval_shape(vae.init, jax.random.key(0), img)['params']
+
+
+def vae_from_state_dict(state_dict: Mapping[str, Any], vae: tokenizer.VQVAE,
+                        what: str = 'tokenizer state dict') -> Tuple[Params, StateDict]:
+  """Official VQVAE state dict -> (params, buffers)."""
+  return state_dict_to_params(state_dict, vae_param_shapes(vae), vae_keymap(vae), what)
+
+
+def vae_to_state_dict(params: Params, vae: tokenizer.VQVAE,
+                      buffers: Optional[Mapping[str, np.ndarray]] = None) -> StateDict:
+  """Tokenizer params -> official VQVAE state dict."""
+  return params_to_state_dict(params, vae_keymap(vae), buffers)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_state_dict(path: str) -> StateDict:
+  """Reads an official `.pth` (needs torch) or `.npz` state dict as numpy arrays."""
+  if path.endswith('.npz'):
+    with np.load(path) as data:
+      return {k: data[k] for k in data.files}
+  if not path.endswith('.pth'):
+    raise ValueError(f'{path}: expected a .pth or .npz state dict')
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(
+        f'{path} is a PyTorch checkpoint and reading it needs torch: install the torch '
+        "extra (pip install 'var_jax[torch]') or use a .npz with the same keys") from None
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  if not isinstance(state, Mapping):
+    raise ValueError(f'{path}: expected a state dict (key -> tensor), got {type(state)}')
+  return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def write_state_dict(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
+  """Writes a state dict as `.npz`, or as `.pth` (needs torch) with torch.save."""
+  if path.endswith('.npz'):
+    np.savez(path, **state_dict)
+  elif path.endswith('.pth'):
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()},
+               path)
+  else:
+    raise ValueError(f'{path}: expected a .pth or .npz file name')
+
+
+_VAE_STATE_FILES = ('vae_state.npz', 'vae.pth')
+
+
+def tokenizer_config(overrides: Optional[Mapping[str, Any]] = None,
+                     what: str = 'tokenizer config') -> Dict[str, Any]:
+  """VQVAE attributes: defaults updated with `overrides`; unknown names are an error."""
+  fields = {f.name: f.default for f in dataclasses.fields(tokenizer.VQVAE)
+            if f.name not in ('parent', 'name')}
+  unknown = sorted(set(overrides or {}) - set(fields))
+  if unknown:
+    raise ValueError(f'{what}: unknown VQVAE attributes {unknown}; known: {sorted(fields)}')
+  cfg = {**fields, **(overrides or {})}
+  for key in ('ch_mult', 'patch_nums'):
+    cfg[key] = tuple(cfg[key])
+  quantizer.check_patch_nums(cfg['patch_nums'])
+  return cfg
+
+
+def read_tokenizer(path: str) -> Tuple[Dict[str, Any], StateDict]:
+  """(VQVAE attributes, official state dict) from a tokenizer directory or bare file."""
+  if not os.path.isdir(path):
+    return tokenizer_config(), read_state_dict(path)
+  config_path = os.path.join(path, 'config.json')
+  if not os.path.exists(config_path):
+    raise ValueError(f'{path}: tokenizer directory has no config.json')
+  with open(config_path) as f:
+    cfg = tokenizer_config(json.load(f), what=config_path)
+  for name in _VAE_STATE_FILES:
+    if os.path.exists(os.path.join(path, name)):
+      return cfg, read_state_dict(os.path.join(path, name))
+  raise ValueError(f'{path}: tokenizer directory has none of {list(_VAE_STATE_FILES)}')
+
+
+def load_tokenizer(path: str) -> Tuple[tokenizer.VQVAE, Params]:
+  """(VQVAE module, params) from a tokenizer directory or a bare official state dict."""
+  cfg, state_dict = read_tokenizer(path)
+  vae = tokenizer.VQVAE(**cfg)
+  params, _ = vae_from_state_dict(state_dict, vae, what=path)
+  return vae, params
+
+
+def save_tokenizer(path: str, vae: tokenizer.VQVAE, params: Params,
+                   buffers: Optional[Mapping[str, np.ndarray]] = None) -> None:
+  """Writes a tokenizer directory (config.json + vae_state.npz), or a bare .pth/.npz."""
+  state_dict = vae_to_state_dict(params, vae, buffers)
+  if path.endswith(('.pth', '.npz')):
+    write_state_dict(path, state_dict)
+    return
+  os.makedirs(path, exist_ok=True)
+  cfg = {f.name: getattr(vae, f.name) for f in dataclasses.fields(tokenizer.VQVAE)
+         if f.name not in ('parent', 'name')}
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump({k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}, f,
+              indent=1)
+  write_state_dict(os.path.join(path, 'vae_state.npz'), state_dict)
+
+
+def fingerprint(params: Params) -> str:
+  """Short stable hash of a params tree (names, shapes, dtypes and values)."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(_flat_leaves(params).items()):
+    leaf = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f'{"/".join(path)}:{leaf.shape}:{leaf.dtype};'.encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+_SRC = flags.DEFINE_string('src', None, 'tokenizer directory, or official .pth/.npz.')
+_DST = flags.DEFINE_string('dst', None, 'output: a directory (config.json + vae_state.npz) '
+                           'or a .pth/.npz state dict.')
+_CONFIG = flags.DEFINE_string('tokenizer_config', None,
+                              'JSON of VQVAE attributes for a bare .pth/.npz --src '
+                              '(default: the released configuration).')
+
+
+def convert_tokenizer(src: str, dst: str, config_json: Optional[str] = None) -> str:
+  """Converts `src` to `dst` through Flax params (so keys and shapes are validated).
+
+  Returns the params fingerprint.
+  """
+  cfg, state_dict = read_tokenizer(src)
+  if config_json is not None:
+    if os.path.isdir(src):
+      raise ValueError(f'--tokenizer_config is for bare state dicts; {src} has config.json')
+    cfg = tokenizer_config(json.loads(config_json), what='--tokenizer_config')
+  vae = tokenizer.VQVAE(**cfg)
+  params, buffers = vae_from_state_dict(state_dict, vae, what=src)
+  save_tokenizer(dst, vae, params, buffers)
+  return fingerprint(params)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _SRC.value or not _DST.value:
+    raise app.UsageError('--src and --dst are required')
+  print(f'{_SRC.value} -> {_DST.value} (fingerprint '
+        f'{convert_tokenizer(_SRC.value, _DST.value, _CONFIG.value)})')
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
