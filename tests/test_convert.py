@@ -1,0 +1,138 @@
+"""Official state dict <-> Flax params: round trips, key errors, files, fingerprints, CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from var_jax import convert
+from var_jax.models import tokenizer
+
+TINY = dict(vocab_size=16, z_channels=4, ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4,
+            patch_nums=(1, 2, 4))
+
+
+def _random_state_dict(vae, seed=0):
+  """An official-layout state dict for `vae` with random values."""
+  rng = np.random.RandomState(seed)
+  params = jax.tree_util.tree_map(lambda s: rng.randn(*s.shape).astype(np.float32),
+                                  convert.vae_param_shapes(vae))
+  return convert.vae_to_state_dict(params, vae)
+
+
+def test_pth_to_flax_to_pth_is_identical(fixture_a, tmp_path):
+  torch = pytest.importorskip('torch', reason='torch is not installed: cannot read vae.pth')
+  cfg = json.loads((fixture_a / 'config.json').read_text())
+  vae = tokenizer.VQVAE(vocab_size=cfg['V'], z_channels=cfg['Cvae'], ch=cfg['ch'],
+                        share_quant_resi=cfg['share_quant_resi'],
+                        patch_nums=tuple(cfg['patch_nums']))
+  params, buffers = convert.vae_from_state_dict(
+      convert.read_state_dict(str(fixture_a / 'vae.pth')), vae)
+  out = tmp_path / 'back.pth'
+  convert.write_state_dict(str(out), convert.vae_to_state_dict(params, vae, buffers))
+  original = torch.load(fixture_a / 'vae.pth', map_location='cpu', weights_only=True)
+  back = torch.load(out, map_location='cpu', weights_only=True)
+  assert sorted(back) == sorted(original)
+  for key, value in original.items():
+    assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
+    assert torch.equal(back[key], value), key
+  # The .npz twin of the fixture holds the same tensors.
+  npz = convert.read_state_dict(str(fixture_a / 'vae_state.npz'))
+  assert sorted(npz) == sorted(original)
+  for key, value in npz.items():
+    np.testing.assert_array_equal(value, original[key].numpy())
+
+
+def test_layouts_conv_oihw_and_codebook(fixture_a):
+  state = convert.read_state_dict(str(fixture_a / 'vae_state.npz'))
+  cfg = json.loads((fixture_a / 'config.json').read_text())
+  vae = tokenizer.VQVAE(vocab_size=cfg['V'], z_channels=cfg['Cvae'], ch=cfg['ch'],
+                        patch_nums=tuple(cfg['patch_nums']))
+  params, _ = convert.vae_from_state_dict(state, vae)
+  w = state['encoder.conv_in.weight']  # (out, in, kh, kw)
+  np.testing.assert_array_equal(params['encoder']['conv_in']['kernel'][1, 2, 0, 5], w[5, 0, 1, 2])
+  np.testing.assert_array_equal(params['quantize']['embedding']['embedding'],
+                                state['quantize.embedding.weight'])
+  np.testing.assert_array_equal(params['encoder']['mid']['block_1']['norm1']['scale'],
+                                state['encoder.mid.block_1.norm1.weight'])
+
+
+@pytest.mark.parametrize('share,phi_keys', [
+    (0, ['quantize.quant_resi.0', 'quantize.quant_resi.1', 'quantize.quant_resi.2']),
+    (1, ['quantize.quant_resi.qresi']),
+    (2, ['quantize.quant_resi.qresi_ls.0', 'quantize.quant_resi.qresi_ls.1'])])
+def test_phi_key_names_follow_official_containers(share, phi_keys):
+  # PhiNonShared is a ModuleList, PhiShared holds `qresi`, PhiPartiallyShared `qresi_ls`.
+  vae = tokenizer.VQVAE(**TINY, share_quant_resi=share)
+  state = _random_state_dict(vae)
+  got = sorted({k.rsplit('.', 1)[0] for k in state if k.startswith('quantize.quant_resi')})
+  assert got == phi_keys
+  assert state['quantize.ema_vocab_hit_SV'].shape == (3, 16)
+
+
+def test_bad_keys_are_listed_in_one_error():
+  vae = tokenizer.VQVAE(**TINY)
+  state = _random_state_dict(vae)
+  del state['decoder.conv_out.bias']
+  state['encoder.extra.weight'] = np.zeros(3, np.float32)
+  state['encoder.conv_in.weight'] = np.zeros((8, 3, 1, 1), np.float32)
+  with pytest.raises(ValueError) as e:
+    convert.vae_from_state_dict(state, vae, what='bad.npz')
+  msg = str(e.value)
+  assert msg.startswith('bad.npz does not match the model')
+  assert 'missing: decoder.conv_out.bias' in msg
+  assert 'unexpected: encoder.extra.weight' in msg
+  assert 'mis-shaped: encoder.conv_in.weight (8, 3, 1, 1) (expected (8, 3, 3, 3))' in msg
+
+
+def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
+  path = tmp_path / 'vae.pth'
+  path.write_bytes(b'')
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now fails
+  with pytest.raises(ImportError, match=r"needs torch: install the torch extra .* use a \.npz"):
+    convert.read_state_dict(str(path))
+
+
+def test_tokenizer_directory_round_trip_and_fingerprint(tmp_path):
+  vae = tokenizer.VQVAE(**TINY, using_znorm=True, share_quant_resi=0)
+  state = _random_state_dict(vae, seed=3)
+  params, buffers = convert.vae_from_state_dict(state, vae)
+  convert.save_tokenizer(str(tmp_path / 'tok'), vae, params, buffers)
+  loaded_vae, loaded = convert.load_tokenizer(str(tmp_path / 'tok'))
+  assert loaded_vae == vae
+  assert convert.fingerprint(loaded) == convert.fingerprint(params)
+  loaded['quantize']['embedding']['embedding'][0, 0] += 1e-3
+  assert convert.fingerprint(loaded) != convert.fingerprint(params)
+
+
+def test_tokenizer_directory_with_unknown_config_key(tmp_path):
+  (tmp_path / 'config.json').write_text(json.dumps({'vocab_sise': 10}))
+  with pytest.raises(ValueError, match=r"unknown VQVAE attributes \['vocab_sise'\]"):
+    convert.load_tokenizer(str(tmp_path))
+
+
+def test_cli_converts_pth_to_directory_and_back(fixture_a, tmp_path):
+  pytest.importorskip('torch', reason='torch is not installed: cannot read vae.pth')
+  cfg = json.loads((fixture_a / 'config.json').read_text())
+  tok_cfg = json.dumps(dict(vocab_size=cfg['V'], z_channels=cfg['Cvae'], ch=cfg['ch'],
+                            share_quant_resi=cfg['share_quant_resi'],
+                            patch_nums=cfg['patch_nums']))
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  cmd = [sys.executable, '-m', 'var_jax.convert', f'--src={fixture_a / "vae.pth"}',
+         f'--dst={tmp_path / "tok"}', f'--tokenizer_config={tok_cfg}']
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'fingerprint' in proc.stdout
+  vae, params = convert.load_tokenizer(str(tmp_path / 'tok'))
+  assert vae.patch_nums == tuple(cfg['patch_nums']) and vae.vocab_size == cfg['V']
+  original = convert.read_state_dict(str(fixture_a / 'vae_state.npz'))
+  written = convert.read_state_dict(str(tmp_path / 'tok' / 'vae_state.npz'))
+  assert sorted(written) == sorted(original)
+  for key, value in original.items():
+    np.testing.assert_array_equal(written[key], value, err_msg=key)
+  # A bare state dict with the wrong (default) configuration fails with the key list.
+  proc = subprocess.run(cmd[:-1], capture_output=True, text=True, env=env, check=False)
+  assert proc.returncode != 0 and 'mis-shaped' in proc.stderr

@@ -1,0 +1,188 @@
+"""Reproduce an official-code parity fixture and report the largest error per key.
+
+Usage:
+  python -m var_jax.parity --fixture ../shared/parity/A --out result.npz
+
+A fixture folder holds `config.json`, the official state dicts (`vae.pth` or
+`vae_state.npz`, `var.pth` or `var_state.npz`) and `expected.npz` (inputs `input_img`,
+`labels` and the official outputs, PyTorch layouts). Every output key is produced by
+one registered group (`register`); each group returns its keys in the same names,
+shapes and layouts (NCHW images and feature maps). Keys that no group could compute
+(e.g. missing weights) are reported as skipped. Floats must be within 1e-4 absolute
+after scaling by max(1, |expected|max); integer keys (token indices) must be equal.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from var_jax import convert
+from var_jax.models import tokenizer
+
+INPUT_KEYS = ('input_img', 'labels')
+TOLERANCE = 1e-4
+
+
+class Skip(Exception):
+  """Raised by a producer that cannot run for this fixture; the message says why."""
+
+
+@dataclasses.dataclass
+class Fixture:
+  """A fixture folder, read once; `cache` lets groups share loaded models."""
+  path: str
+  config: Dict[str, Any]
+  expected: Dict[str, np.ndarray]
+  cache: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  @classmethod
+  def load(cls, path: str) -> 'Fixture':
+    for name in ('config.json', 'expected.npz'):
+      if not os.path.exists(os.path.join(path, name)):
+        raise ValueError(f'{path}: not a parity fixture folder (no {name})')
+    with open(os.path.join(path, 'config.json')) as f:
+      config = json.load(f)
+    with np.load(os.path.join(path, 'expected.npz')) as data:
+      expected = {k: data[k] for k in data.files}
+    return cls(path, config, expected)
+
+  def state_dict(self, stem: str) -> Dict[str, np.ndarray]:
+    """The official state dict `<stem>_state.npz` (preferred) or `<stem>.pth`."""
+    for name in (f'{stem}_state.npz', f'{stem}.pth'):
+      if os.path.exists(os.path.join(self.path, name)):
+        return convert.read_state_dict(os.path.join(self.path, name))
+    raise Skip(f'no {stem}_state.npz or {stem}.pth in {self.path}')
+
+  def input_img_BHWC(self) -> jax.Array:
+    return jnp.asarray(self.expected['input_img'].transpose(0, 2, 3, 1))
+
+
+Producer = Callable[[Fixture], Dict[str, np.ndarray]]
+PRODUCERS: Dict[str, Producer] = {}
+
+
+def register(group: str) -> Callable[[Producer], Producer]:
+  """Registers a producer of expected keys (run in registration order)."""
+  def decorator(fn: Producer) -> Producer:
+    PRODUCERS[group] = fn
+    return fn
+  return decorator
+
+
+def _nchw(x: jax.Array) -> np.ndarray:
+  return np.asarray(x).transpose(0, 3, 1, 2)
+
+
+def fixture_tokenizer(fx: Fixture) -> Tuple[tokenizer.VQVAE, convert.Params]:
+  """The fixture's VQVAE and converted params (loaded once per fixture)."""
+  if 'tokenizer' not in fx.cache:
+    c = fx.config
+    cfg = convert.tokenizer_config(
+        dict(vocab_size=c['V'], z_channels=c['Cvae'], ch=c['ch'],
+             share_quant_resi=c['share_quant_resi'], patch_nums=c['patch_nums']),
+        what=f'{fx.path}/config.json')
+    vae = tokenizer.VQVAE(**cfg)
+    if c.get('image_size', vae.image_size) != vae.image_size:
+      raise ValueError(f'{fx.path}/config.json: image_size {c["image_size"]} does not match '
+                       f'patch_nums[-1] * 16 = {vae.image_size}')
+    params, _ = convert.vae_from_state_dict(fx.state_dict('vae'), vae,
+                                            what=f'{fx.path} vae weights')
+    fx.cache['tokenizer'] = vae, params
+  return fx.cache['tokenizer']
+
+
+@register('tokenizer')
+def tokenizer_keys(fx: Fixture) -> Dict[str, np.ndarray]:
+  """enc_f, idx_k, fhat_k, recon, recon_from_idx, var_input."""
+  vae, params = fixture_tokenizer(fx)
+
+  @jax.jit
+  def run(p, img):
+    apply = lambda method, *a: vae.apply({'params': p}, *a, method=method)
+    f = apply('encode', img)
+    idx, fhats = apply('residual_quantize', f)
+    return (f, idx, fhats, apply('fhat_to_img', fhats[-1]),
+            apply('fhat_to_img', apply('idx_to_fhat', idx)), apply('idx_to_var_input', idx))
+
+  f, idx, fhats, recon, recon_from_idx, var_input = run(params, fx.input_img_BHWC())
+  out = {'enc_f': _nchw(f), 'recon': _nchw(recon), 'recon_from_idx': _nchw(recon_from_idx),
+         'var_input': np.asarray(var_input)}
+  for k, (idx_Bl, f_hat) in enumerate(zip(idx, fhats)):
+    out[f'idx_{k}'] = np.asarray(idx_Bl).astype(np.int64)
+    out[f'fhat_{k}'] = _nchw(f_hat)
+  return out
+
+
+@dataclasses.dataclass
+class Row:
+  key: str
+  status: str  # 'ok', 'FAIL' or 'skipped'
+  detail: str
+
+
+def compare(key: str, got: np.ndarray, want: np.ndarray) -> Row:
+  """One key's verdict: exact for integers, scaled max error for floats."""
+  if got.shape != want.shape:
+    return Row(key, 'FAIL', f'shape {got.shape}, expected {want.shape}')
+  if np.issubdtype(want.dtype, np.integer):
+    wrong = int(np.sum(got != want))
+    return Row(key, 'ok' if wrong == 0 else 'FAIL', f'{wrong} of {want.size} differ')
+  err = float(np.abs(got.astype(np.float64) - want).max() / max(1.0, np.abs(want).max())) \
+      if want.size else 0.0
+  return Row(key, 'ok' if err <= TOLERANCE else 'FAIL', f'max scaled error {err:.3g}')
+
+
+def check_fixture(path: str) -> Tuple[Dict[str, np.ndarray], List[Row]]:
+  """Runs every producer on the fixture; returns (computed keys, one row per key)."""
+  fx = Fixture.load(path)
+  computed, reasons = {}, []
+  # Compare float32 math, not the TF32/bfloat16 shortcuts accelerators take by default.
+  with jax.default_matmul_precision('highest'):
+    for group, producer in PRODUCERS.items():
+      try:
+        computed.update(producer(fx))
+      except Skip as e:
+        reasons.append(f'{group}: {e}')
+  skipped_why = '; '.join(reasons) or 'no producer for this key'
+  rows = []
+  for key in sorted(set(fx.expected) - set(INPUT_KEYS)):
+    if key in computed:
+      rows.append(compare(key, np.asarray(computed[key]), fx.expected[key]))
+    else:
+      rows.append(Row(key, 'skipped', skipped_why))
+  return computed, rows
+
+
+_FIXTURE = flags.DEFINE_string('fixture', None, 'parity fixture folder.')
+_OUT = flags.DEFINE_string('out', None, 'where to write the computed keys (.npz).')
+
+
+def main(argv: Sequence[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _FIXTURE.value or not _OUT.value:
+    raise app.UsageError('--fixture and --out are required')
+  computed, rows = check_fixture(_FIXTURE.value)
+  np.savez(_OUT.value, **computed)
+  width = max(len(r.key) for r in rows)
+  for r in rows:
+    print(f'{r.key:<{width}}  {r.status:<7}  {r.detail}')
+  counts = {s: sum(r.status == s for r in rows) for s in ('ok', 'skipped', 'FAIL')}
+  failed = [r.key for r in rows if r.status == 'FAIL']
+  print(f'{counts["ok"]} ok, {counts["skipped"]} skipped, {counts["FAIL"]} failed'
+        + (f': {", ".join(failed)}' if failed else ''))
+  return 1 if failed else 0
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
