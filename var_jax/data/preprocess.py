@@ -20,8 +20,8 @@ CONVERTED = ('cmyk', 'grayscale', 'rgba', 'palette', '16bit', 'other_mode')
 
 
 # PIL modes that only PIL can bring to RGB, and what converting them counts as.
-_PIL_CONVERTED = {'CMYK': 'cmyk', 'P': 'palette', 'PA': 'palette', '1': 'grayscale', 'YCbCr': 'other_mode', 'LAB': 'other_mode',
-                  'HSV': 'other_mode'}
+_PIL_CONVERTED = {'CMYK': 'cmyk', 'P': 'palette', 'PA': 'palette', '1': 'grayscale', 'YCbCr': 'other_mode',
+                  'LAB': 'other_mode', 'HSV': 'other_mode'}
 
 
 def as_rgb(img: np.ndarray) -> tuple[np.ndarray, str | None]:
