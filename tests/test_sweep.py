@@ -141,6 +141,14 @@ def test_partial_run_is_resumed(tmp_path, fake_trainer):
   assert f'{run.run_id}: resuming' in out.getvalue() and fake_trainer() == [run.run_id]
 
 
+def test_results_keep_a_run_whose_model_config_is_invalid(tmp_path):
+  c = _sweep_config(depths=(2,))
+  c.runs = [{'model.num_heads': 7}]
+  sweep.write_run_files(str(tmp_path), sweep.expand(c)[0])
+  [row] = sweep.aggregate(str(tmp_path))
+  assert row['depth'] == 2 and row['heads'] == 7 and 'params' not in row and row['status'] == 'pending'
+
+
 def test_run_config_file_loads_the_run_config_through_config_flags(tmp_path):
   from absl import flags
   from ml_collections import config_flags
@@ -176,3 +184,4 @@ def test_cli_print_launcher_and_aggregate_only(tmp_path):
   bad = subprocess.run(cmd + ['--launcher=print', '--config.base.model.depth_x=3'],
                        cwd=REPO, capture_output=True, text=True)
   assert bad.returncode != 0 and 'depth_x' in bad.stderr
+

@@ -282,24 +282,34 @@ def run_dirs(root: str) -> list[str]:
                 if os.path.exists(os.path.join(root, d, RUN_CONFIG_JSON)))
 
 
-def result_row(run_dir: str) -> dict[str, Any]:
-  """One results.csv row: sizes from the config, final eval figures, status and error."""
-  cfg = load_run_config(os.path.join(run_dir, RUN_CONFIG_JSON))
-  model = var_lib.resolve(cfg.model)
+def _sizes(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Model size columns and the planned tokens/FLOPs; blanks where the model config is invalid."""
+  images = cfg.steps * cfg.batch_size
+  try:
+    model = var_lib.resolve(cfg.model)
+  except ValueError:  # the run fails on it too, and says why in its error column
+    return dict(depth=cfg.model.depth, width=cfg.model.get('embed_dim'), heads=cfg.model.get('num_heads'))
   counts = flops.param_counts(model)
+  return dict(depth=model['depth'], width=model['embed_dim'], heads=model['num_heads'], params=counts['total'],
+              params_nonembed=counts['nonembed'], tokens=images * flops.tokens_per_image(model['patch_nums']),
+              flops=images * flops.train_flops_per_image(model))
+
+
+def result_row(run_dir: str) -> dict[str, Any]:
+  """One results.csv row: sizes from the config, final eval figures, status and error.
+
+  tokens and flops are those the final eval reports (`tokens_seen`, `flops_seen`), else the planned totals.
+  """
+  cfg = load_run_config(os.path.join(run_dir, RUN_CONFIG_JSON))
   status = runs_lib.status(run_dir)
   done = runs_lib.read_json(os.path.join(run_dir, runs_lib.DONE)) or {}
   evals = runs_lib.read_metrics(run_dir, 'eval')
   final = done.get('eval') or (evals[-1] if evals else {})
-  images = cfg.steps * cfg.batch_size
-  row = dict(run_id=os.path.basename(run_dir), depth=model['depth'], width=model['embed_dim'],
-             heads=model['num_heads'], params=counts['total'], params_nonembed=counts['nonembed'],
-             batch_size=cfg.batch_size, steps=cfg.steps,
-             tokens=final.get('tokens_seen', images * flops.tokens_per_image(model['patch_nums'])),
-             flops=final.get('flops_seen', images * flops.train_flops_per_image(model)),
-             status=status, error=(runs_lib.read_json(os.path.join(run_dir, runs_lib.ERROR)) or {}).get('error', ''))
-  if status != 'pending':
-    row.update({k: v for k, v in final.items() if k.startswith(('loss', 'acc'))})
+  row = dict(run_id=os.path.basename(run_dir), batch_size=cfg.batch_size, steps=cfg.steps, status=status,
+             error=(runs_lib.read_json(os.path.join(run_dir, runs_lib.ERROR)) or {}).get('error', ''),
+             **_sizes(cfg))
+  row.update({k: final[v] for k, v in (('tokens', 'tokens_seen'), ('flops', 'flops_seen')) if v in final})
+  row.update({k: v for k, v in final.items() if k.startswith(('loss', 'acc'))})
   return row
 
 
@@ -310,7 +320,8 @@ def _scale_key(column: str) -> tuple:
 
 def aggregate(root: str) -> list[dict[str, Any]]:
   """Writes ROOT/results.csv (one row per run, RESULT_COLUMNS then per-scale losses and accuracies)."""
-  rows = sorted((result_row(d) for d in run_dirs(root)), key=lambda r: (r['params'], r['steps'], r['run_id']))
+  rows = sorted((result_row(d) for d in run_dirs(root)),
+                key=lambda r: (r.get('params') or math.inf, r['steps'], r['run_id']))
   extra = sorted({k for r in rows for k in r} - set(RESULT_COLUMNS), key=_scale_key)
   path = os.path.join(root, 'results.csv')
   with open(path + '.tmp', 'w', newline='') as f:
