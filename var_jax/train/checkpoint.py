@@ -1,0 +1,91 @@
+"""Orbax checkpoints of the train state plus the JSON the loop needs to resume exactly.
+
+Each step directory holds two items: 'state' (step, params, optimizer state; arrays restored onto
+whatever shardings the caller asks for, so the mesh may change between save and restore) and
+'meta' (data-iterator state, RNG key data, counters). A step that cannot be read back is reported,
+moved to `<workdir>/corrupt_checkpoints/` and the previous step is tried.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import orbax.checkpoint as ocp
+
+STATE, META = 'state', 'meta'
+
+
+def _saved_part(state) -> dict:
+  # The tokenizer (`state.frozen`) is rebuilt from the config, never saved with the run.
+  return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state}
+
+
+class Checkpointer:
+  """Save / restore-latest around an orbax CheckpointManager."""
+
+  def __init__(self, workdir: str, *, keep: int, keep_every: int | None, async_save: bool):
+    self._dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self._quarantine = os.path.join(os.path.abspath(workdir), 'corrupt_checkpoints')
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, keep_period=keep_every or None, enable_async_checkpointing=async_save,
+        create=True)
+    self._manager = ocp.CheckpointManager(self._dir, item_names=(STATE, META), options=options)
+
+  @property
+  def directory(self) -> str:
+    return self._dir
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, state, meta: dict) -> None:
+    """Starts an (async) save of `state` at its own step; all processes must call it."""
+    step = int(jax.device_get(state.step))
+    self._manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_saved_part(state)), meta=ocp.args.JsonSave(meta)))
+
+  def reached_preemption(self, step: int) -> bool:
+    return self._manager.reached_preemption(step)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def restore_latest(self, state, state_shardings) -> tuple[Any, dict] | None:
+    """(state with restored step/params/opt_state, meta) from the newest readable step, or None.
+
+    `state` and `state_shardings` give the target structure and placement (the current mesh).
+    """
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        _saved_part(state), _saved_part(state_shardings))
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except
+        # Any failure to read a step (missing or truncated files, bad metadata) means it is unusable.
+        logging.error('checkpoint step %d in %s is unreadable (%s: %s); moving it to %s and '
+                      'trying the previous one', step, self._dir, type(e).__name__,
+                      str(e).splitlines()[0] if str(e) else '', self._quarantine)
+        self._set_aside(step)
+        continue
+      saved = restored[STATE]
+      return state.replace(step=saved['step'], params=saved['params'],
+                           opt_state=saved['opt_state']), dict(restored[META])
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    if jax.process_index() == 0:
+      os.makedirs(self._quarantine, exist_ok=True)
+      dest = os.path.join(self._quarantine, str(step))
+      shutil.rmtree(dest, ignore_errors=True)
+      shutil.move(os.path.join(self._dir, str(step)), dest)
+    multihost_utils.sync_global_devices(f'var_jax checkpoint set aside {step}')
+    self._manager.reload()

@@ -1,0 +1,248 @@
+"""The training loop: resume, train, evaluate, log and checkpoint until `config.steps`.
+
+Workdir layout: `config.json` (resolved config, written once), `metrics.jsonl` (one JSON per
+logged step and split), `tb/` (TensorBoard), `checkpoints/` (orbax) and, when the run reached its
+last step, `DONE` (JSON summary). Only process 0 writes files other than checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from var_jax.train import checkpoint as checkpoint_lib
+from var_jax.train import config as config_lib
+from var_jax.train import engine as engine_lib
+from var_jax.train import perf
+
+LOGGED_KEYS = ('loss', 'loss_last_scale', 'acc', 'acc_last_scale', 'grad_norm', 'lr')
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class MetricsWriter:
+  """metrics.jsonl + TensorBoard on process 0; a no-op elsewhere."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self._enabled = enabled
+    self._path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if enabled:
+      self._tb = _summary_writer(os.path.join(workdir, 'tb'))
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records past `step` (written by a run that died before its next checkpoint)."""
+    if not self._enabled or not os.path.exists(self._path):
+      return
+    with open(self._path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    with open(self._path + '.tmp', 'w') as f:
+      f.writelines(kept)
+    os.replace(self._path + '.tmp', self._path)
+
+  def write(self, record: dict) -> None:
+    if not self._enabled:
+      return
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for key, value in record.items():
+      if key not in ('step', 'split') and isinstance(value, (int, float)):
+        self._tb.add_scalar(f'{record["split"]}/{key}', value, record['step'])
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _summary_writer(logdir: str):
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch when it is installed (only to recognise its tensors), which costs
+  seconds per process; we log plain floats, so torch is hidden from that one import.
+  """
+  hide_torch = 'torch' not in sys.modules
+  if hide_torch:
+    sys.modules['torch'] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  finally:
+    if hide_torch:
+      del sys.modules['torch']
+  return SummaryWriter(logdir)
+
+
+def _scalars(metrics: dict) -> dict:
+  return {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
+
+
+def _check_finite(metrics: dict, step: int, last_saved: int | None) -> None:
+  values = jax.device_get({k: metrics[k] for k in ('loss', 'grad_norm')})
+  if not all(math.isfinite(float(v)) for v in values.values()):
+    raise NonFiniteLossError(
+        f'non-finite loss={float(values["loss"])} grad_norm={float(values["grad_norm"])} at step '
+        f'{step}; stopping. The last good checkpoint is step {last_saved}')
+
+
+def _fmt(value, spec: str) -> str:
+  return 'n/a' if value is None else format(value, spec)
+
+
+def _eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+class _StopFlag:
+  """Set by SIGTERM (single process; with several, jax's preemption service owns the signal)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+    if jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM: saving a checkpoint at the end of this step and exiting')
+    self.raised = True
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate(engine: engine_lib.Engine, state) -> dict:
+  """Mean eval metrics over `eval.batches` batches from the start of the eval split."""
+  batches = engine.batches('eval')
+  totals = None
+  for _ in range(engine.config.eval.batches):
+    metrics = _scalars(engine.eval_step(state, engine.global_batch(next(batches))))
+    totals = metrics if totals is None else {k: totals[k] + metrics[k] for k in totals}
+  return {k: v / engine.config.eval.batches for k, v in totals.items()}
+
+
+def train(config: Any, workdir: str, devices=None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the summary also written to DONE."""
+  devices = list(jax.devices() if devices is None else devices)
+  cfg = config_lib.resolve(config, len(devices), jax.process_count())
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  config_path = os.path.join(workdir, 'config.json')
+  if is_main and not os.path.exists(config_path):
+    with open(config_path, 'w') as f:
+      f.write(cfg.to_json(indent=2))
+
+  engine = engine_lib.Engine(cfg, devices)
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.checkpoint.keep,
+                                     keep_every=cfg.checkpoint.keep_every,
+                                     async_save=cfg.checkpoint.async_save)
+  state = engine.init_state()
+  train_batches = engine.batches('train')
+  restored = ckpt.restore_latest(state, engine.state_shardings)
+  last_saved = None
+  if restored is not None:
+    state, meta = restored
+    train_batches.set_state(meta['data'])
+    last_saved = int(jax.device_get(state.step))
+    logging.info('resumed from %s at step %d', ckpt.directory, last_saved)
+  start = int(jax.device_get(state.step))
+
+  writer = MetricsWriter(workdir, is_main)
+  writer.truncate_after(start)
+  stop = _StopFlag()
+  peak = perf.peak_tflops(devices[0], cfg.log.peak_tflops)
+  static = dict(params=engine.num_params)
+  logging.info('model: %d params, mesh %s, %d devices, %d processes', engine.num_params,
+               dict(engine.mesh.shape), len(devices), jax.process_count())
+
+  def save(state, step):
+    nonlocal last_saved
+    ckpt.save(state, {'data': train_batches.get_state(),
+                      'rng': np.asarray(jax.random.key_data(jax.random.key(cfg.seed))).tolist(),
+                      'step': step})
+    last_saved = step
+
+  def counters(step):
+    return dict(tokens_seen=step * engine.tokens_per_step,
+                flops_seen=step * engine.flops_per_step)
+
+  summary = {}
+  last_train, last_eval = None, None
+  previous = None  # (step, metrics) of the step before, checked for finiteness one step late
+  t_log, steps_since_log, t_start = time.time(), 0, time.time()
+  step = start
+  try:
+    while step < cfg.steps:
+      state, metrics = engine.train_step(state, engine.global_batch(next(train_batches)))
+      step += 1
+      steps_since_log += 1
+      if previous is not None:
+        _check_finite(previous[1], previous[0], last_saved)
+      previous = (step, metrics)
+      if step == start + 1:
+        t_log = time.time()  # the first step includes compilation; time from here on
+        steps_since_log = 0
+      preempted = stop.raised or ckpt.reached_preemption(step)
+      at_end = step == cfg.steps
+      do_log = step % cfg.log.every_steps == 0 or at_end
+      do_eval = step % cfg.eval.every_steps == 0 or at_end
+      do_save = step % cfg.checkpoint.every_steps == 0 or at_end or preempted
+      if do_log or do_save:
+        _check_finite(metrics, step, last_saved)
+      if do_log:
+        now = time.time()
+        # None until a step without compilation has been timed.
+        step_time = (now - t_log) / steps_since_log if steps_since_log else None
+        tflops, mfu = (None, None) if step_time is None else perf.throughput(
+            engine.flops_per_step, step_time, len(devices), peak)
+        last_train = dict(step=step, split='train', **_scalars(metrics), **static,
+                          **counters(step), step_time_s=step_time, tflops_per_device=tflops,
+                          mfu=mfu)
+        writer.write(last_train)
+        logging.info('step %d/%d | loss %.4f last %.4f | acc %.3f | lr %.3g | gnorm %.3f | '
+                     '%s s/step | %s TFLOP/s/dev | mfu %s | eta %s', step, cfg.steps,
+                     last_train['loss'], last_train['loss_last_scale'], last_train['acc'],
+                     last_train['lr'], last_train['grad_norm'], _fmt(step_time, '.3f'),
+                     _fmt(tflops, '.3g'), _fmt(mfu, '.3f'),
+                     '?' if step_time is None else _eta(step_time * (cfg.steps - step)))
+        t_log, steps_since_log = time.time(), 0
+      if do_eval:
+        last_eval = dict(step=step, split='eval', **evaluate(engine, state), **static,
+                         **counters(step))
+        writer.write(last_eval)
+        logging.info('eval step %d | loss %.4f last %.4f | acc %.3f', step, last_eval['loss'],
+                     last_eval['loss_last_scale'], last_eval['acc'])
+        t_log, steps_since_log = time.time(), 0
+      if do_save:
+        save(state, step)
+      if preempted and not at_end:
+        ckpt.wait()
+        logging.warning('preempted at step %d: checkpoint saved, exiting', step)
+        return dict(step=step, preempted=True)
+    ckpt.wait()
+    summary = dict(step=step, steps=cfg.steps, **static, **counters(step),
+                   loss=None if last_train is None else last_train['loss'],
+                   eval_loss=None if last_eval is None else last_eval['loss'],
+                   eval_loss_last_scale=None if last_eval is None else last_eval['loss_last_scale'],
+                   eval_acc=None if last_eval is None else last_eval['acc'],
+                   train=last_train, eval=last_eval, wall_time_s=time.time() - t_start,
+                   model=engine.model_kwargs)
+    if is_main:
+      with open(os.path.join(workdir, 'DONE'), 'w') as f:
+        json.dump(summary, f, indent=1, default=list)
+    return summary
+  finally:
+    stop.restore()
+    writer.close()
+    ckpt.close()
