@@ -136,3 +136,22 @@ def test_cli_converts_pth_to_directory_and_back(fixture_a, tmp_path):
   # A bare state dict with the wrong (default) configuration fails with the key list.
   proc = subprocess.run(cmd[:-1], capture_output=True, text=True, env=env, check=False)
   assert proc.returncode != 0 and 'mis-shaped' in proc.stderr
+
+
+def test_keymap_linear_transpose_and_raw_parameters():
+  # The generic mechanism other models build on: Linear (out, in) <-> kernel (in, out),
+  # and raw parameters keep their names.
+  keymap = convert.KeyMap(rules=((r'blocks_(\d+)', r'blocks.\1'),),
+                          buffers={'lvl': lambda: np.arange(3)})
+  template = {'blocks_1': {'fc': {'kernel': jax.ShapeDtypeStruct((3, 5), np.float32),
+                                  'bias': jax.ShapeDtypeStruct((5,), np.float32)}},
+              'pos_start': jax.ShapeDtypeStruct((1, 2), np.float32)}
+  linear = np.arange(15, dtype=np.float32).reshape(5, 3)
+  state = {'blocks.1.fc.weight': linear, 'blocks.1.fc.bias': np.ones(5, np.float32),
+           'pos_start': np.zeros((1, 2), np.float32)}
+  params, buffers = convert.state_dict_to_params(state, template, keymap, 'var.npz')
+  np.testing.assert_array_equal(params['blocks_1']['fc']['kernel'], linear.T)
+  np.testing.assert_array_equal(buffers['lvl'], np.arange(3))  # absent -> default
+  back = convert.params_to_state_dict(params, keymap, buffers)
+  assert sorted(back) == sorted([*state, 'lvl'])
+  np.testing.assert_array_equal(back['blocks.1.fc.weight'], linear)

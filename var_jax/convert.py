@@ -6,9 +6,10 @@ Usage:
 
 A model's mapping is a `KeyMap`: regex rules that turn a Flax module path into the
 official module name, plus the official buffers that are not parameters. Leaves map by
-name (`kernel`/`scale`/`embedding` -> `weight`, `bias` -> `bias`); conv kernels go
-HWIO <-> OIHW and dense kernels (in, out) <-> (out, in). Expected names and shapes come
-from `jax.eval_shape` of the module's init, so any configuration converts.
+name (`kernel`/`scale`/`embedding` -> `weight`, `bias` -> `bias`, others unchanged);
+conv kernels go HWIO <-> OIHW and dense kernels (in, out) <-> (out, in). Expected names
+and shapes come from `jax.eval_shape` of the module's init, so any configuration
+converts. Another model adds its own KeyMap and thin `<model>_from/to_state_dict`.
 
 On disk a tokenizer is a directory with `config.json` (VQVAE attributes) and
 `vae_state.npz` (official key names), or a bare official `.pth` / `.npz` state dict
@@ -54,7 +55,9 @@ class KeyMap:
     module = '/'.join(path[:-1])
     for pattern, replacement in self.rules:
       module = re.sub(pattern, replacement, module)
-    return f"{module.replace('/', '.')}.{_LEAF_NAMES[path[-1]]}"
+    # Raw parameters (no Linen layer) keep their own name, e.g. `pos_start`.
+    leaf = _LEAF_NAMES.get(path[-1], path[-1])
+    return f"{module.replace('/', '.')}.{leaf}" if module else leaf
 
 
 def _official_shape(shape: Tuple[int, ...], leaf: str) -> Tuple[int, ...]:

@@ -90,7 +90,7 @@ def fixture_tokenizer(fx: Fixture) -> Tuple[tokenizer.VQVAE, convert.Params]:
     vae = tokenizer.VQVAE(**cfg)
     if c.get('image_size', vae.image_size) != vae.image_size:
       raise ValueError(f'{fx.path}/config.json: image_size {c["image_size"]} does not match '
-                       f'patch_nums[-1] * 16 = {vae.image_size}')
+                       f'patch_nums and ch_mult ({vae.image_size})')
     params, _ = convert.vae_from_state_dict(fx.state_dict('vae'), vae,
                                             what=f'{fx.path} vae weights')
     fx.cache['tokenizer'] = vae, params
