@@ -202,7 +202,8 @@ def test_encode_decode_trace_once_per_shape_without_loops():
 
 def test_image_size_mismatch_is_a_clear_error():
   vae, params, img = _tiny('shared')
-  with pytest.raises(ValueError, match=r'image batch must be \(B, 4, 4, 3\) for patch_nums\[-1\]=4'):
+  msg = r'image batch must be \(B, 4, 4, 3\) for patch_nums\[-1\]=4'
+  with pytest.raises(ValueError, match=msg):
     vae.apply({'params': params}, img[:, :3, :3], method='img_to_idx')
 
 
