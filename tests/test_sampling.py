@@ -102,3 +102,14 @@ def test_bad_arguments(models, sampler):
     sampler(var_params, vae_params, e['labels'], jax.random.key(0), top_k=var.vocab_size + 1)
   with pytest.raises(ValueError, match='patch_nums'):
     sampling.make_sampler(VAR(vocab_size=256, cvae=16, patch_nums=(1, 2, 4), num_classes=10), vae)
+
+
+@pytest.mark.parity
+def test_more_smooth_feeds_a_codebook_mixture(models, sampler):
+  var, var_params, vae, vae_params, e, _ = models
+  run = lambda smooth: sampler(var_params, vae_params, e['labels'], jax.random.key(5), cfg=1.5,
+                               more_smooth=smooth)
+  (hard_idx, hard_img), (soft_idx, soft_img) = run(False), run(True)
+  np.testing.assert_array_equal(np.asarray(soft_idx[0]), np.asarray(hard_idx[0]))  # same draw ...
+  assert np.abs(np.asarray(soft_img) - np.asarray(hard_img)).max() > 1e-3  # ... a mixture fed back
+  assert 0.0 <= float(soft_img.min()) and float(soft_img.max()) <= 1.0

@@ -169,3 +169,24 @@ def _tree_stack(trees):
 def _tree_index(tree, i):
   import jax
   return jax.tree.map(lambda x: x[i], tree)
+
+
+def load_var(path: str, overrides: Mapping[str, Any] | None = None):
+  """(VAR module, params) from an official VAR state dict (.pth / .npz).
+
+  The architecture is read off the state dict; num_heads, which only attn_l2_norm checkpoints record,
+  otherwise follows the official rule embed_dim / 64 unless `overrides` gives it.
+  """
+  from var_jax import convert  # pylint: disable=g-import-not-at-top
+  state = convert.read_state_dict(path)
+  try:
+    cfg = var_config_from_torch(state)
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
+  cfg.setdefault('num_heads', max(cfg['embed_dim'] // 64, 1))
+  cfg.update(overrides or {})
+  model = var_lib.VAR(**var_lib.resolve(cfg))
+  try:
+    return model, var_params_from_torch(state, model)
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None

@@ -48,15 +48,14 @@ def guidance_ratio(k: int, num_scales: int) -> float:
 class Sampler:
   """Generates images with a VAR and its VQVAE tokenizer.
 
-  `sampler(var_params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0)` returns
-  (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3) float32 in [0, 1]).
-  cfg, top_k, top_p and the key are traced, so changing them does not recompile; more_smooth is
-  fixed per sampler. Labels are class indices in [0, num_classes]; num_classes is the unconditional class.
+  `sampler(var_params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False)`
+  returns (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3) float32 in [0, 1]).
+  All knobs and the key are traced: changing them does not recompile. Labels are class indices in [0, num_classes]; num_classes is the unconditional class.
   more_smooth: the official visualisation mode, feeding the tokenizer a gumbel-softmax mixture of
   codebook vectors instead of the sampled tokens' (the returned indices are still the sampled ones).
   """
 
-  def __init__(self, var_model: var_lib.VAR, vae_model: Any, *, more_smooth: bool = False):
+  def __init__(self, var_model: var_lib.VAR, vae_model: Any):
     if tuple(var_model.patch_nums) != tuple(vae_model.patch_nums):
       raise ValueError(f'VAR patch_nums {tuple(var_model.patch_nums)} != tokenizer patch_nums '
                        f'{tuple(vae_model.patch_nums)}')
@@ -64,7 +63,6 @@ class Sampler:
       raise ValueError(f'VAR (vocab_size, cvae)=({var_model.vocab_size}, {var_model.cvae}) != tokenizer '
                        f'(vocab_size, z_channels)=({vae_model.vocab_size}, {vae_model.z_channels})')
     self.var, self.vae = var_model, vae_model
-    self.more_smooth = bool(more_smooth)
     self.patch_nums = tuple(var_model.patch_nums)
     self._begin = jax.jit(self._begin_fn)
     # The KV cache (argument 2) is updated in place.
@@ -86,7 +84,7 @@ class Sampler:
     return kv, {'x': x_2BlC, 'cond': cond_2BD, 'rng': rng,
                 'f_hat': jnp.zeros((B, pn, pn, self.vae.z_channels), jnp.float32)}
 
-  def _step_fn(self, k, var_params, vae_params, kv, state, cfg, top_k, top_p):
+  def _step_fn(self, k, var_params, vae_params, kv, state, cfg, top_k, top_p, more_smooth):
     var_vars, vae_vars = {'params': var_params}, {'params': vae_params}
     logits_2BlV, kv = self.var.apply(var_vars, k, state['x'], state['cond'], kv,
                                      method=var_lib.VAR.decode_scale)
@@ -97,15 +95,17 @@ class Sampler:
     rng, key_sample, key_gumbel = jax.random.split(state['rng'], 3)
     logits_BlV = filter_top_k_top_p(logits_BlV, top_k, top_p)
     idx_Bl = jax.random.categorical(key_sample, logits_BlV, axis=-1).astype(jnp.int32)
-    if self.more_smooth:
+
+    def smooth_h():
       tau = max(0.27 * (1 - ratio * 0.95), 0.005)
       gumbel_BlV = jax.random.gumbel(key_gumbel, logits_BlV.shape)
       soft_BlV = jax.nn.softmax((logits_BlV * (1 + ratio) + gumbel_BlV) / tau, axis=-1)
       codebook_VC = self.vae.apply(vae_vars, jnp.arange(self.vae.vocab_size)[None],
                                    method='embed')[0]
-      h_BlC = soft_BlV @ codebook_VC
-    else:
-      h_BlC = self.vae.apply(vae_vars, idx_Bl, method='embed')
+      return soft_BlV @ codebook_VC
+
+    hard_h = lambda: self.vae.apply(vae_vars, idx_Bl, method='embed')
+    h_BlC = jax.lax.cond(more_smooth, smooth_h, hard_h)
     pn = self.patch_nums[k]
     f_hat, next_BnnC = self.vae.apply(vae_vars, k, state['f_hat'],
                                       h_BlC.reshape(B, pn, pn, -1), method='ar_step')
@@ -123,7 +123,7 @@ class Sampler:
   # ---- public -----------------------------------------------------------------------------------
 
   def __call__(self, var_params, vae_params, label_B, rng, cfg: float = 1.5, top_k: int = 0,
-               top_p: float = 0.0):
+               top_p: float = 0.0, more_smooth: bool = False):
     if cfg < 0:
       raise ValueError(f'cfg must be >= 0, got {cfg}')
     if not 0 <= top_k <= self.var.vocab_size:
@@ -135,7 +135,7 @@ class Sampler:
       raise ValueError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
     var_lib.check_labels(label_B, self.var.num_classes)
     kv, state = self._begin(var_params, jnp.asarray(label_B, jnp.int32), rng)
-    knobs = (jnp.float32(cfg), jnp.int32(top_k), jnp.float32(top_p))
+    knobs = (jnp.float32(cfg), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(more_smooth))
     idx_list = []
     for step in self._steps:
       kv, state, idx_Bl = step(var_params, vae_params, kv, state, *knobs)
@@ -143,14 +143,14 @@ class Sampler:
     return idx_list, self._finish(vae_params, state['f_hat'])
 
 
-def make_sampler(var_model: var_lib.VAR, vae_model: Any, *, more_smooth: bool = False) -> Sampler:
+def make_sampler(var_model: var_lib.VAR, vae_model: Any) -> Sampler:
   """A reusable, compile-once sampler; see `Sampler`."""
-  return Sampler(var_model, vae_model, more_smooth=more_smooth)
+  return Sampler(var_model, vae_model)
 
 
 def images_per_second(sampler: Sampler, var_params, vae_params, labels: Sequence[int], *,
                       repeats: int = 3, seed: int = 0, **knobs) -> float:
-  """Sampling throughput for one batch of `labels` (knobs: cfg, top_k, top_p), after a warm-up call
+  """Sampling throughput for one batch of `labels` (knobs: cfg, top_k, ...), after a warm-up call
   that compiles."""
   rng = jax.random.key(seed)
   jax.block_until_ready(sampler(var_params, vae_params, labels, rng, **knobs))
