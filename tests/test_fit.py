@@ -123,3 +123,10 @@ def test_cli_writes_fit_json(tmp_path):
   result = json.loads(out.read_text())
   assert result['alpha'] == pytest.approx(-0.0625, rel=1e-6) and result['r'] == pytest.approx(-1.0)
   assert {'beta', 'alpha_ci', 'beta_ci', 'frontier'} <= set(result)
+
+
+def test_chinchilla_fig4_all_points_moves_as_documented(chinchilla_table):
+  # /work/shared/data/README.md: without dropping the 5 worst points the fit moves to E ~ 1.89, beta ~ 0.45.
+  result = fit.fit_table(chinchilla_table, 'chinchilla', n_bootstrap=0, tokens_from_flops=True)
+  assert result['n_points'] == 245
+  assert abs(result['E'] - 1.89) < 0.02 and abs(result['beta'] - 0.45) < 0.02

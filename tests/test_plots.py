@@ -1,7 +1,10 @@
 """Scaling plots and the Markdown report written from a sweep folder."""
 import json
 import os
+import subprocess
+import sys
 
+from conftest import REPO
 import ml_collections
 import numpy as np
 import pytest
@@ -84,9 +87,6 @@ def test_loss_vs_compute_frontier_comes_from_every_eval_point(sweep_root):
 
 
 def test_fit_cli_plot(sweep_root, tmp_path):
-  import subprocess
-  import sys
-  from conftest import REPO
   out = tmp_path / 'fit.json'
   subprocess.run([sys.executable, '-m', 'var_jax.scaling.fit', f'--input={sweep_root}', '--law=power',
                   '--x=params', '--y=loss_last_scale', f'--out={out}', f'--plot={tmp_path / "fig.png"}',

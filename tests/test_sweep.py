@@ -1,7 +1,6 @@
 """Sweep runner: expansion, stable run ids, local runs with a failure, no duplicate work, results.csv."""
 import csv
 import io
-import json
 import os
 import subprocess
 import sys
@@ -185,3 +184,30 @@ def test_cli_print_launcher_and_aggregate_only(tmp_path):
                        cwd=REPO, capture_output=True, text=True)
   assert bad.returncode != 0 and 'depth_x' in bad.stderr
 
+
+@pytest.mark.slow
+def test_real_trainer_sweep_with_one_failing_run(tmp_path):
+  """Three runs of the real `python -m var_jax.train` (smoke model, in-memory tokens, 2 steps each),
+  one with a width its heads do not divide: the other two finish, the failure is recorded with the
+  trainer's error, and a second invocation starts nothing."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('smoke', REPO / 'experiments' / 'smoke.py')
+  smoke = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(smoke)
+  base = smoke.get_config('tokens')
+  base.steps = 2
+  base.log.every_steps = base.eval.every_steps = base.checkpoint.every_steps = 2
+  c = ml_collections.ConfigDict(dict(base=base))
+  c.runs = [{'model.depth': 1}, {'model.depth': 2}, {'model.depth': 2, 'model.num_heads': 7}]
+  root = str(tmp_path / 'root')
+  sweep.launch(c, root, 'local', report=False, out=io.StringIO())
+  with open(os.path.join(root, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert [(r['depth'], r['status']) for r in rows] == [('1', 'done'), ('2', 'done'), ('2', 'failed')]
+  assert 'divisible' in rows[2]['error']
+  assert all(float(r['loss']) > 0 and float(r['flops']) > 0 for r in rows[:2])
+  logs = {r['run_id']: open(os.path.join(root, r['run_id'], 'train.log')).read() for r in rows}
+  out = io.StringIO()
+  sweep.launch(c, root, 'local', report=False, out=out)
+  assert '0 to run' in out.getvalue()
+  assert logs == {r['run_id']: open(os.path.join(root, r['run_id'], 'train.log')).read() for r in rows}

@@ -240,7 +240,7 @@ def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: T
             file=out, flush=True)
       continue
     error = _error_line(log_path) or f'exit status {rc} without a DONE file'
-    kind = 'diverged' if re.search(r'non-finite|nan', error, re.IGNORECASE) else 'failed'
+    kind = 'diverged' if re.search(r'non-finite|\bnan\b', error, re.IGNORECASE) else 'failed'
     with open(error_path, 'w') as f:
       json.dump(dict(status=kind, returncode=rc, error=error, log=log_path), f, indent=1)
     print(f'    {kind} (exit {rc}): {error}  [log: {log_path}]', file=out, flush=True)
