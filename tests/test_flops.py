@@ -92,7 +92,7 @@ def test_param_counts_equal_the_flax_model(overrides):
   assert flops.param_counts(kw)['total'] == n_params
 
 
-@pytest.mark.parametrize('depth,compiled', [(2, True), (4, True), (16, False)])
+@pytest.mark.parametrize('depth,compiled', [(2, True), pytest.param(4, True, marks=pytest.mark.slow), (16, False)])
 def test_train_flops_match_xla_cost_analysis(depth, compiled):
   """Analytic FLOPs vs XLA's count for one forward+backward of var_loss w.r.t. the params.
 
