@@ -270,39 +270,43 @@ def group_budgets(c: np.ndarray, rtol: float = 0.05) -> np.ndarray:
   return labels
 
 
-def _parabola_min(log_x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-  """(argmin, min) of the parabola y = q2 log_x^2 + q1 log_x + q0 fitted by least squares."""
+def _parabola(log_x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
+  """Least-squares parabola y = q2 log_x^2 + q1 log_x + q0: ((q2, q1, q0), argmin, min)."""
   if np.unique(log_x).size < 3:
-    raise ValueError('an IsoFLOP parabola needs 3 distinct sizes per budget')
-  q2, q1, q0 = np.polyfit(log_x, y, 2)
-  if q2 <= 0:
-    raise ValueError('IsoFLOP parabola opens downwards (no minimum)')
-  x_min = -q1 / (2 * q2)
-  return float(x_min), float(q0 + q1 * x_min + q2 * x_min ** 2)
+    raise ValueError('fewer than 3 distinct sizes')
+  q = np.polyfit(log_x, y, 2)
+  if q[0] <= 0:
+    raise ValueError('the parabola opens downwards (no minimum)')
+  x_min = -q[1] / (2 * q[0])
+  return q, float(x_min), float(np.polyval(q, x_min))
 
 
-def _isoflop_once(c, log_n, log_d, y, labels) -> tuple[dict[str, Any], list[dict[str, float]]]:
-  budgets = []
+def _isoflop_once(c, log_n, log_d, y, labels) -> tuple[dict[str, float], list[dict], list[dict]]:
+  """(allocation laws, per-budget minima, skipped budgets with the reason)."""
+  budgets, skipped = [], []
   for k in np.unique(labels):
     sel = labels == k
-    try:
-      log_n_opt, loss_opt = _parabola_min(log_n[sel], y[sel])
-    except ValueError:
-      continue
-    log_d_opt = _parabola_min(log_d[sel], y[sel])[0] if log_d is not None else None
     budget = float(np.exp(np.log(c[sel]).mean()))
+    try:
+      q, log_n_opt, loss_opt = _parabola(log_n[sel], y[sel])
+      log_d_opt = _parabola(log_d[sel], y[sel])[1] if log_d is not None else None
+    except ValueError as e:
+      skipped.append(dict(flops=budget, reason=str(e)))
+      continue
     n_opt = math.exp(log_n_opt)
     d_opt = math.exp(log_d_opt) if log_d_opt is not None else budget / (6 * n_opt)
-    budgets.append(dict(flops=budget, n_opt=n_opt, d_opt=d_opt, loss_opt=loss_opt, n_runs=int(sel.sum())))
+    budgets.append(dict(flops=budget, n_opt=n_opt, d_opt=d_opt, loss_opt=loss_opt, n_runs=int(sel.sum()),
+                        parabola_log_n=q.tolist()))
   if len(budgets) < 2:
-    raise ValueError(f'isoflop needs at least 2 compute budgets with a convex parabola, got {len(budgets)}')
+    raise ValueError(f'isoflop needs at least 2 compute budgets with a convex parabola over >= 3 sizes, '
+                     f'got {len(budgets)} (skipped: {skipped})')
   cs = np.log([b['flops'] for b in budgets])
   out = {}
   for name, key in (('n', 'n_opt'), ('d', 'd_opt')):
     slope, intercept = np.polyfit(cs, np.log([b[key] for b in budgets]), 1)
     out[f'{name}_exponent'] = float(slope)  # N_opt = k C^a with a = n_exponent; likewise D
     out[f'{name}_coefficient'] = float(np.exp(intercept))
-  return out, budgets
+  return out, budgets, skipped
 
 
 def fit_isoflop(c: np.ndarray, n: np.ndarray, y: np.ndarray, d: Optional[np.ndarray] = None,
@@ -319,8 +323,8 @@ def fit_isoflop(c: np.ndarray, n: np.ndarray, y: np.ndarray, d: Optional[np.ndar
   labels = group_budgets(c, rtol)
   _require_points(int(np.unique(labels).size), 2, 'isoflop (budgets)')
   log_n = np.log(n)
-  out, budgets = _isoflop_once(c, log_n, log_d, y, labels)
-  out['budgets'] = budgets
+  out, budgets, skipped = _isoflop_once(c, log_n, log_d, y, labels)
+  out.update(budgets=budgets, skipped_budgets=skipped)
 
   def refit(i):
     return _isoflop_once(c[i], log_n[i], None if log_d is None else log_d[i], y[i], labels[i])[0]

@@ -119,6 +119,10 @@ def _isoflop_figure(cols: Mapping[str, np.ndarray], result: Mapping[str, Any], p
     ax0.plot(cols['params'][sel], cols[y][sel], 'o', color=cmap(k / max(labels.max(), 1) * 0.85),
              label=f'C = {np.exp(np.log(cols["flops"][sel]).mean()):.2g}')
   for b in result['budgets']:
+    near = np.isclose(cols['flops'], b['flops'], rtol=0.1)  # the budget's runs (grouped within 5%)
+    if near.any():
+      ns = _span(cols['params'][near], pad=1.0)
+      ax0.plot(ns, np.polyval(b['parabola_log_n'], np.log(ns)), '-', color='grey', lw=0.8)
     ax0.plot(b['n_opt'], b['loss_opt'], 'k*', ms=9)
   _finish(ax0, xlabel='parameters', ylabel=y, title='IsoFLOP profiles (* = fitted minimum)')
   cs = np.array([b['flops'] for b in result['budgets']])
