@@ -155,3 +155,83 @@ def test_keymap_linear_transpose_and_raw_parameters():
   back = convert.params_to_state_dict(params, keymap, buffers)
   assert sorted(back) == sorted([*state, 'lvl'])
   np.testing.assert_array_equal(back['blocks.1.fc.weight'], linear)
+
+
+# ----------------------------------------------------------------------------- VAR
+
+VAR_TINY = dict(vocab_size=32, cvae=8, patch_nums=(1, 2, 3), num_classes=5, depth=2, embed_dim=32,
+                num_heads=2)
+VAR_VARIANTS = {'official': {}, 'shared_aln': {'shared_aln': True}, 'no_l2_norm': {'attn_l2_norm': False}}
+
+
+def _random_var_params(model, seed=0):
+  from flax import linen as nn
+  import jax.numpy as jnp
+  L = model.seq_len - model.first_l
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,), jnp.int32),
+                          jnp.zeros((1, L, model.cvae)))['params']
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), nn.unbox(shapes))
+
+
+def test_var_pth_to_flax_to_pth_is_identical(fixture_a, tmp_path):
+  torch = pytest.importorskip('torch', reason='torch is not installed: cannot read var.pth')
+  model, params = convert.load_var(str(fixture_a / 'var.pth'))
+  assert (model.depth, model.embed_dim, model.num_heads, model.patch_nums) == (2, 128, 2, (1, 2, 3, 4))
+  out = tmp_path / 'back.pth'
+  convert.write_state_dict(str(out), convert.var_to_state_dict(params, model))
+  original = torch.load(fixture_a / 'var.pth', map_location='cpu', weights_only=True)
+  back = torch.load(out, map_location='cpu', weights_only=True)
+  assert sorted(back) == sorted(original)
+  for key, value in original.items():
+    assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
+    assert torch.equal(back[key], value), key
+
+
+@pytest.mark.parametrize('name', sorted(VAR_VARIANTS))
+def test_var_round_trip_variants(name):
+  from var_jax.models import var as var_lib
+  model = var_lib.VAR(**VAR_TINY, **VAR_VARIANTS[name])
+  params = _random_var_params(model, seed=7)
+  state = convert.var_to_state_dict(params, model)
+  assert ('shared_ada_lin.1.weight' in state) == model.shared_aln
+  assert ('blocks.1.ada_gss' in state) == model.shared_aln
+  assert ('blocks.1.ada_lin.1.weight' in state) != model.shared_aln
+  assert ('blocks.0.attn.scale_mul_1H11' in state) == model.attn_l2_norm
+  assert state['blocks.1.attn.mat_qkv.weight'].shape == (3 * 32, 32)
+  cfg = convert.var_config_from_state_dict(state)
+  assert (cfg['depth'], cfg['shared_aln'], cfg['attn_l2_norm']) == (2, model.shared_aln,
+                                                                    model.attn_l2_norm)
+  back = convert.var_from_state_dict(state, model)
+  assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
+  unrolled = var_lib.VAR(**VAR_TINY, **VAR_VARIANTS[name], scan_layers=False)
+  assert jax.tree.all(jax.tree.map(np.array_equal, convert.var_from_state_dict(state, unrolled),
+                                   var_lib.unstack_layers(params)))
+
+
+def test_var_rejects_other_architectures(tmp_path):
+  from var_jax.models import var as var_lib
+  model = var_lib.VAR(**VAR_TINY)
+  state = convert.var_to_state_dict(_random_var_params(model), model)
+  with pytest.raises(ValueError, match='has depth=2 but the model has depth=3'):
+    convert.var_from_state_dict(state, var_lib.VAR(**dict(VAR_TINY, depth=3)))
+  with pytest.raises(ValueError, match='per-block AdaLN .* shared_aln=True'):
+    convert.var_from_state_dict(state, var_lib.VAR(**VAR_TINY, shared_aln=True))
+  shared = var_lib.VAR(**VAR_TINY, shared_aln=True)
+  with pytest.raises(ValueError, match='shared AdaLN .* shared_aln=False'):
+    convert.var_from_state_dict(convert.var_to_state_dict(_random_var_params(shared), shared), model)
+  with pytest.raises(ValueError, match='attn_l2_norm=True but the model has attn_l2_norm=False'):
+    convert.var_from_state_dict(state, var_lib.VAR(**VAR_TINY, attn_l2_norm=False))
+  path = tmp_path / 'vae_like.npz'
+  np.savez(path, **{'encoder.conv_in.weight': np.zeros((1, 1, 3, 3), np.float32)})
+  with pytest.raises(ValueError, match='vae_like.npz: not an official VAR state dict'):
+    convert.load_var(str(path))
+
+
+def test_convert_var_writes_npz(fixture_a, tmp_path):
+  dst = tmp_path / 'var.npz'
+  convert.convert_var(str(fixture_a / 'var_state.npz'), str(dst))
+  want, got = np.load(fixture_a / 'var_state.npz'), np.load(dst)
+  assert sorted(got.files) == sorted(want.files)
+  for key in want.files:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)

@@ -83,3 +83,13 @@ def test_compare_rules():
 def test_not_a_fixture_folder(tmp_path):
   with pytest.raises(ValueError, match='not a parity fixture folder'):
     parity.check_fixture(str(tmp_path))
+
+
+def test_var_keys_from_own_tokens(fixture_a):
+  # logits and ce_loss come from this port's own tokens of input_img, end to end.
+  fx = parity.Fixture.load(str(fixture_a))
+  out = parity.var_keys(fx)
+  for key in ('logits', 'ce_loss'):
+    row = parity.compare(key, out[key], fx.expected[key])
+    assert row.status == 'ok', (key, row.detail)
+  assert {'var', 'generation'} <= set(parity.PRODUCERS)

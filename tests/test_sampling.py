@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from var_jax import convert
-from var_jax._var_convert import var_config_from_torch, var_params_from_torch
 from var_jax.models import sampling
 from var_jax.models.tokenizer import VQVAE
 from var_jax.models.var import VAR
@@ -19,11 +18,11 @@ def models(fixture_a):
   import json
   cfg = json.loads((fixture_a / 'config.json').read_text())
   state = dict(np.load(fixture_a / 'var_state.npz'))
-  var = VAR(**var_config_from_torch(state))
+  var = VAR(**convert.var_config_from_state_dict(state))
   vae = VQVAE(vocab_size=cfg['V'], z_channels=cfg['Cvae'], ch=cfg['ch'],
               share_quant_resi=cfg['share_quant_resi'], patch_nums=tuple(cfg['patch_nums']))
   vae_params, _ = convert.vae_from_state_dict(dict(np.load(fixture_a / 'vae_state.npz')), vae)
-  return var, var_params_from_torch(state, var), vae, vae_params, np.load(fixture_a / 'expected.npz'), cfg
+  return var, convert.var_from_state_dict(state, var), vae, vae_params, np.load(fixture_a / 'expected.npz'), cfg
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from var_jax._var_convert import var_config_from_torch, var_params_from_torch, var_params_to_torch
+from var_jax import convert
 from var_jax.models import var as var_lib
 from var_jax.models.var import VAR
 
@@ -53,8 +53,8 @@ def tiny():
 @pytest.fixture(scope='module')
 def fixture_model(fixture_a):
   state = dict(np.load(fixture_a / 'var_state.npz'))
-  model = VAR(**var_config_from_torch(state))
-  return model, var_params_from_torch(state, model), np.load(fixture_a / 'expected.npz')
+  model = VAR(**convert.var_config_from_state_dict(state))
+  return model, convert.var_from_state_dict(state, model), np.load(fixture_a / 'expected.npz')
 
 
 @pytest.mark.parity
@@ -214,34 +214,3 @@ def test_kv_cache_decoding_matches_teacher_forcing(variant):
   want = np.asarray(forward(params, label, x))
   got = np.asarray(decode(params, label, x))
   assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
-
-
-@pytest.mark.parametrize('name', sorted(VARIANTS))
-def test_converter_round_trip(name):
-  model = VAR(**TINY, **VARIANTS[name])
-  params = _random_params(model, seed=7)
-  state = var_params_to_torch(params, model)
-  assert ('shared_ada_lin.1.weight' in state) == model.shared_aln
-  assert ('blocks.1.ada_gss' in state) == model.shared_aln
-  assert ('blocks.1.ada_lin.1.weight' in state) != model.shared_aln
-  assert ('blocks.0.attn.scale_mul_1H11' in state) == model.attn_l2_norm
-  assert state['blocks.1.attn.mat_qkv.weight'].shape == (3 * 32, 32)
-  assert var_config_from_torch(state)['depth'] == TINY['depth']
-  back = var_params_from_torch(state, model)
-  assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
-  unrolled = var_params_from_torch(state, VAR(**TINY, **VARIANTS[name], scan_layers=False))
-  assert jax.tree.all(jax.tree.map(np.array_equal, unrolled, var_lib.unstack_layers(params)))
-
-
-def test_converter_rejects_other_architectures():
-  model = VAR(**TINY)
-  state = var_params_to_torch(_random_params(model), model)
-  with pytest.raises(ValueError, match='depth=2 but the model has depth=3'):
-    var_params_from_torch(state, VAR(**dict(TINY, depth=3)))
-  with pytest.raises(ValueError, match='per-block AdaLN .* shared_aln=True'):
-    var_params_from_torch(state, VAR(**TINY, shared_aln=True))
-  shared = VAR(**TINY, shared_aln=True)
-  with pytest.raises(ValueError, match=r'shared AdaLN .* shared_aln=False'):
-    var_params_from_torch(var_params_to_torch(_random_params(shared), shared), model)
-  with pytest.raises(ValueError, match='attn_l2_norm=True but the model has attn_l2_norm=False'):
-    var_params_from_torch(state, VAR(**TINY, attn_l2_norm=False))

@@ -23,7 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from var_jax import convert
+from var_jax.models import loss as loss_lib
+from var_jax.models import sampling
 from var_jax.models import tokenizer
+from var_jax.models import var as var_lib
 
 INPUT_KEYS = ('input_img', 'labels')
 TOLERANCE = 1e-4
@@ -116,6 +119,53 @@ def tokenizer_keys(fx: Fixture) -> Dict[str, np.ndarray]:
   for k, (idx_Bl, f_hat) in enumerate(zip(idx, fhats)):
     out[f'idx_{k}'] = np.asarray(idx_Bl).astype(np.int64)
     out[f'fhat_{k}'] = _nchw(f_hat)
+  return out
+
+
+def fixture_var(fx: Fixture) -> Tuple[var_lib.VAR, convert.Params]:
+  """The fixture's VAR (built from config.json) and converted params (loaded once)."""
+  if 'var' not in fx.cache:
+    c = fx.config
+    model = var_lib.VAR(**var_lib.resolve(dict(
+        vocab_size=c['V'], cvae=c['Cvae'], patch_nums=c['patch_nums'],
+        num_classes=c['num_classes'], depth=c['depth'], embed_dim=c['width'],
+        num_heads=c['heads'], mlp_ratio=c.get('mlp_ratio', 4.0), shared_aln=c['shared_aln'],
+        attn_l2_norm=c['attn_l2_norm'], drop_path_rate=0.0)))
+    params = convert.var_from_state_dict(fx.state_dict('var'), model,
+                                         what=f'{fx.path} var weights')
+    fx.cache['var'] = model, params
+  return fx.cache['var']
+
+
+@register('var')
+def var_keys(fx: Fixture) -> Dict[str, np.ndarray]:
+  """logits (teacher forcing on our own tokens of input_img) and ce_loss."""
+  vae, vae_params = fixture_tokenizer(fx)
+  model, params = fixture_var(fx)
+
+  @jax.jit
+  def run(vp, p, img, label):
+    idx = vae.apply({'params': vp}, img, method='img_to_idx')
+    x_BLC = vae.apply({'params': vp}, idx, method='idx_to_var_input')
+    logits = model.apply({'params': p}, label, x_BLC)
+    loss, _ = loss_lib.var_loss(logits, jnp.concatenate(idx, axis=1), model.patch_nums)
+    return logits, loss
+
+  logits, loss = run(vae_params, params, fx.input_img_BHWC(),
+                     jnp.asarray(fx.expected['labels'], jnp.int32))
+  return {'logits': np.asarray(logits), 'ce_loss': np.asarray(loss)}
+
+
+@register('generation')
+def generation_keys(fx: Fixture) -> Dict[str, np.ndarray]:
+  """gen_idx_k and gen_img: guided generation for `labels` with top-k 1 (deterministic)."""
+  vae, vae_params = fixture_tokenizer(fx)
+  model, params = fixture_var(fx)
+  sampler = sampling.make_sampler(model, vae)
+  idx, img = sampler(params, vae_params, fx.expected['labels'], jax.random.key(0),
+                     cfg=fx.config['cfg'], top_k=1)
+  out = {f'gen_idx_{k}': np.asarray(idx_Bl).astype(np.int64) for k, idx_Bl in enumerate(idx)}
+  out['gen_img'] = _nchw(img)
   return out
 
 

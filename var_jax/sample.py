@@ -42,9 +42,8 @@ _OUT_DIR = flags.DEFINE_string('out_dir', 'samples', 'Output directory.')
 
 def load_official(var_path: str, tokenizer_path: str, overrides: dict | None = None):
   """(VAR, params, VQVAE, params) from an official VAR state dict and a tokenizer path."""
-  from var_jax import _var_convert as var_convert  # pylint: disable=g-import-not-at-top
   from var_jax import convert  # pylint: disable=g-import-not-at-top
-  var_model, var_params = var_convert.load_var(var_path, overrides)
+  var_model, var_params = convert.load_var(var_path, overrides)
   vae_model, vae_params = convert.load_tokenizer(tokenizer_path)
   return var_model, var_params, vae_model, vae_params
 
