@@ -114,6 +114,7 @@ def test_local_sweep_records_failure_skips_done_runs_and_writes_results(tmp_path
   assert float(rows['2']['loss']) == pytest.approx(5.0 * 2 ** -0.3)
   assert float(rows['2']['loss_last_scale']) == pytest.approx(5.0 * 2 ** -0.3 + 0.5)
   assert float(rows['1']['flops']) == 3e6 and float(rows['1']['tokens']) == 300
+  assert int(rows['1']['images']) == 3 * 4
   assert float(rows['2']['loss_scale_1']) == pytest.approx(5.0 * 2 ** -0.3 + 1)
   kw = dict(depth=2, vocab_size=16, cvae=4, patch_nums=(1, 2), num_classes=3)
   assert int(rows['2']['params']) == flops.param_counts(kw)['total']

@@ -41,7 +41,7 @@ RUN_CONFIG_JSON, RUN_CONFIG_PY, LOG = 'run_config.json', 'run_config.py', 'train
 # Hidden hook for tests: a command (shell words) that replaces `python -m var_jax.train`.
 TRAINER_ENV = 'VAR_JAX_SWEEP_TRAINER'
 RESULT_COLUMNS = ('run_id', 'depth', 'width', 'heads', 'params', 'params_nonembed', 'batch_size', 'steps',
-                  'tokens', 'flops', 'loss', 'loss_last_scale', 'acc', 'acc_last_scale', 'status', 'error')
+                  'images', 'tokens', 'flops', 'loss', 'loss_last_scale', 'acc', 'acc_last_scale', 'status', 'error')
 _RUN_CONFIG_PY = '''"""Written by var_jax.sweep: the run's config is run_config.json beside this file."""
 import os
 
@@ -298,14 +298,16 @@ def _sizes(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 def result_row(run_dir: str) -> dict[str, Any]:
   """One results.csv row: sizes from the config, final eval figures, status and error.
 
-  tokens and flops are those the final eval reports (`tokens_seen`, `flops_seen`), else the planned totals.
+  images, tokens and flops are those seen at the final eval (its step, `tokens_seen`, `flops_seen`), else
+  the planned totals.
   """
   cfg = load_run_config(os.path.join(run_dir, RUN_CONFIG_JSON))
   status = runs_lib.status(run_dir)
   done = runs_lib.read_json(os.path.join(run_dir, runs_lib.DONE)) or {}
   evals = runs_lib.read_metrics(run_dir, 'eval')
   final = done.get('eval') or (evals[-1] if evals else {})
-  row = dict(run_id=os.path.basename(run_dir), batch_size=cfg.batch_size, steps=cfg.steps, status=status,
+  row = dict(run_id=os.path.basename(run_dir), batch_size=cfg.batch_size, steps=cfg.steps,
+             images=final.get('step', cfg.steps) * cfg.batch_size, status=status,
              error=(runs_lib.read_json(os.path.join(run_dir, runs_lib.ERROR)) or {}).get('error', ''),
              **_sizes(cfg))
   row.update({k: final[v] for k, v in (('tokens', 'tokens_seen'), ('flops', 'flops_seen')) if v in final})
