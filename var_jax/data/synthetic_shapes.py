@@ -218,7 +218,10 @@ def builder(data_dir: str, num_workers: int | None = None, **config_kwargs) -> S
   `num_workers` processes draw the images when building (default: one per CPU core); the images do not
   depend on it.
   """
-  b = SyntheticShapes(config=make_config(**config_kwargs), data_dir=data_dir)
+  config = make_config(**config_kwargs)
+  # TFDS refuses a config object named like a registered one (the default), so pass the name then.
+  registered = {c.name for c in SyntheticShapes.BUILDER_CONFIGS}
+  b = SyntheticShapes(config=config.name if config.name in registered else config, data_dir=data_dir)
   b.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
   return b
 
