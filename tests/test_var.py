@@ -214,3 +214,11 @@ def test_kv_cache_decoding_matches_teacher_forcing(variant):
   want = np.asarray(forward(params, label, x))
   got = np.asarray(decode(params, label, x))
   assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
+def test_attention_functions_agree(tiny):
+  model, params, forward = tiny
+  label, x = _inputs(model)
+  fused = _forward(VAR(**TINY, attention='dot_product'))
+  np.testing.assert_allclose(np.asarray(fused(params, label, x)), np.asarray(forward(params, label, x)),
+                             atol=1e-5)

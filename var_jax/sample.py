@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _VAR = flags.DEFINE_string('var', None, 'Official VAR state dict (.pth or .npz).')
-_VAR_CONFIG = flags.DEFINE_string('var_config', None, 'JSON of VAR attributes overriding what the '
+_VAR_CONFIG = flags.DEFINE_string('model_config', None, 'JSON of VAR attributes overriding what the '
                                   'state dict implies (e.g. num_heads when attn_l2_norm is off).')
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'Tokenizer directory or official .pth/.npz; '
                                  'required with --var, overrides the workdir config otherwise.')

@@ -11,8 +11,7 @@ positions and written in place), so after the first call with given shapes nothi
 from __future__ import annotations
 
 import functools
-import time
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -147,14 +146,3 @@ def make_sampler(var_model: var_lib.VAR, vae_model: Any) -> Sampler:
   """A reusable, compile-once sampler; see `Sampler`."""
   return Sampler(var_model, vae_model)
 
-
-def images_per_second(sampler: Sampler, var_params, vae_params, labels: Sequence[int], *,
-                      repeats: int = 3, seed: int = 0, **knobs) -> float:
-  """Sampling throughput for one batch of `labels` (knobs: cfg, top_k, ...), after a warm-up call
-  that compiles."""
-  rng = jax.random.key(seed)
-  jax.block_until_ready(sampler(var_params, vae_params, labels, rng, **knobs))
-  start = time.perf_counter()
-  for i in range(repeats):
-    jax.block_until_ready(sampler(var_params, vae_params, labels, jax.random.fold_in(rng, i), **knobs))
-  return repeats * len(labels) / (time.perf_counter() - start)

@@ -1,0 +1,60 @@
+"""The sampling CLI: batching with padding, the grid layout, files written, usage errors."""
+import json
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+import pytest
+
+from var_jax import sample
+
+
+def test_image_grid_puts_each_class_on_a_row():
+  img = np.zeros((6, 2, 2, 3), np.float32)
+  for i in range(6):
+    img[i] = i / 10  # sample i = class i // 3, column i % 3
+  grid = sample.image_grid(img, rows=2)
+  assert grid.shape == (4, 6, 3) and grid.dtype == np.uint8
+  assert grid[0, 4, 0] == round(0.2 * 255) and grid[2, 0, 0] == round(0.3 * 255)
+
+
+def test_sample_batches_pads_the_last_batch():
+  calls = []
+
+  def fake_sampler(var_params, vae_params, labels, rng, **knobs):
+    calls.append((labels.copy(), knobs))
+    idx = [np.tile(labels[:, None], (1, n)) for n in (1, 4)]
+    return idx, np.broadcast_to(labels[:, None, None, None] / 10, (len(labels), 2, 2, 3))
+
+  out = list(sample.sample_batches(fake_sampler, None, None, [1, 1, 2, 2, 3], batch_size=2, seed=0,
+                                   cfg=2.0))
+  assert [len(c[0]) for c in calls] == [2, 2, 2]  # same shape every call: no recompilation
+  np.testing.assert_array_equal(calls[-1][0], [3, 3])
+  assert calls[0][1] == {'cfg': 2.0}
+  labels = np.concatenate([idx[0][:, 0] for idx, _ in out])
+  np.testing.assert_array_equal(labels, [1, 1, 2, 2, 3])
+  assert out[-1][1].shape == (1, 2, 2, 3)
+
+
+def _main(*argv):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['sample', *argv])
+  return sample.main(['sample'])
+
+
+@pytest.mark.parametrize('argv, message', [
+    ((), 'exactly one of --var'),
+    (('--var=a.pth',), '--var needs --tokenizer'),
+    (('--workdir=w', '--cfg=-1'), '--cfg must be >= 0'),
+    (('--workdir=w', '--classes=a,b'), '--classes must be integers'),
+    (('--workdir=w', '--batch_size=0'), 'must be positive'),
+])
+def test_usage_errors(argv, message):
+  with pytest.raises(app.UsageError, match=message):
+    _main(*argv)
+
+
+def test_not_a_workdir(tmp_path):
+  with pytest.raises(ValueError, match='not a training workdir'):
+    sample.load_workdir(str(tmp_path))
