@@ -49,7 +49,8 @@ class Sampler:
 
   `sampler(var_params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False)`
   returns (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3) float32 in [0, 1]).
-  All knobs and the key are traced: changing them does not recompile. Labels are class indices in [0, num_classes]; num_classes is the unconditional class.
+  All knobs and the key are traced: changing them does not recompile. Labels are class indices in
+  [0, num_classes]; num_classes is the unconditional class.
   more_smooth: the official visualisation mode, feeding the tokenizer a gumbel-softmax mixture of
   codebook vectors instead of the sampled tokens' (the returned indices are still the sampled ones).
   """
@@ -92,7 +93,9 @@ class Sampler:
     t = cfg * ratio
     logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
     rng, key_sample, key_gumbel = jax.random.split(state['rng'], 3)
-    logits_BlV = filter_top_k_top_p(logits_BlV, top_k, top_p)
+    # Skips the two vocabulary sorts when no filter is on.
+    logits_BlV = jax.lax.cond(jnp.logical_or(top_k > 0, top_p > 0),
+                              lambda x: filter_top_k_top_p(x, top_k, top_p), lambda x: x, logits_BlV)
     idx_Bl = jax.random.categorical(key_sample, logits_BlV, axis=-1).astype(jnp.int32)
 
     def smooth_h():
