@@ -298,8 +298,9 @@ def _isoflop_once(c, log_n, log_d, y, labels) -> tuple[dict[str, float], list[di
     budgets.append(dict(flops=budget, n_opt=n_opt, d_opt=d_opt, loss_opt=loss_opt, n_runs=int(sel.sum()),
                         parabola_log_n=q.tolist()))
   if len(budgets) < 2:
+    reasons = '; '.join(sorted({s['reason'] for s in skipped}))
     raise ValueError(f'isoflop needs at least 2 compute budgets with a convex parabola over >= 3 sizes, '
-                     f'got {len(budgets)} (skipped: {skipped})')
+                     f'got {len(budgets)} ({len(skipped)} budgets skipped: {reasons})')
   cs = np.log([b['flops'] for b in budgets])
   out = {}
   for name, key in (('n', 'n_opt'), ('d', 'd_opt')):
