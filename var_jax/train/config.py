@@ -156,10 +156,11 @@ def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collect
   model = resolve_model(c.model)
   c.model.update(model)
   tok = c.tokenizer
-  if tuple(tok.patch_nums) != model['patch_nums']:
+  # With tokenizer.path the loaded tokenizer's own config counts (the engine checks it).
+  if not tok.path and tuple(tok.patch_nums) != model['patch_nums']:
     raise ValueError(f'config: tokenizer.patch_nums={tuple(tok.patch_nums)} differs from '
                      f'model.patch_nums={model["patch_nums"]}')
-  if tok.vocab_size != model['vocab_size'] or tok.z_channels != model['cvae']:
+  if not tok.path and (tok.vocab_size, tok.z_channels) != (model['vocab_size'], model['cvae']):
     raise ValueError(f'config: tokenizer (vocab_size={tok.vocab_size}, z_channels={tok.z_channels}) '
                      f'does not match model (vocab_size={model["vocab_size"]}, cvae={model["cvae"]})')
   if c.data.name == 'tokens' and not c.tokenizer.path:

@@ -76,9 +76,16 @@ class Engine:
     self.replicated = sharding.replicated(self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self._build_shardings()
-    self.rng_data = put_replicated(
-        np.asarray(jax.random.key_data(jax.random.key(config.seed))), self.mesh)
+    self.set_rng(jax.random.key_data(jax.random.key(config.seed)))
     self._compiled = {}
+
+  def set_rng(self, key_data) -> None:
+    """The run's base key (raw key data, e.g. from a checkpoint); step keys fold in the step."""
+    self._rng_host = np.asarray(key_data, np.uint32)
+    self.rng_data = put_replicated(self._rng_host, self.mesh)
+
+  def rng_list(self) -> list[int]:
+    return self._rng_host.tolist()
 
   # ---- construction -------------------------------------------------------------------------
 
@@ -88,11 +95,11 @@ class Engine:
       return tokenizer_lib.VQVAE(**tokenizer_kwargs(tok_cfg)), None
     from var_jax import convert  # pylint: disable=g-import-not-at-top
     module, params = convert.load_tokenizer(tok_cfg.path)
-    have = (module.vocab_size, tuple(module.patch_nums))
-    want = (self.model_kwargs['vocab_size'], self.patch_nums)
+    have = (module.vocab_size, module.z_channels, tuple(module.patch_nums))
+    want = (self.model_kwargs['vocab_size'], self.model_kwargs['cvae'], self.patch_nums)
     if have != want:
-      raise ValueError(f'tokenizer.path={tok_cfg.path}: (vocab_size, patch_nums)={have} does not '
-                       f'match the model\'s {want}')
+      raise ValueError(f'tokenizer.path={tok_cfg.path}: (vocab_size, z_channels, patch_nums)={have} '
+                       f'does not match the model\'s (vocab_size, cvae, patch_nums)={want}')
     return module, params
 
   def _model_inputs(self):

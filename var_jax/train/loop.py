@@ -6,6 +6,7 @@ last step, `DONE` (JSON summary). Only process 0 writes files other than checkpo
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -133,7 +134,20 @@ def evaluate(engine: engine_lib.Engine, state) -> dict:
 
 
 def train(config: Any, workdir: str, devices=None) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the summary also written to DONE."""
+  """Trains (or resumes) the run in `workdir`; returns the summary also written to DONE.
+
+  Returns early with {'step', 'preempted': True} after saving when SIGTERM or a preemption notice
+  arrives; raises NonFiniteLossError (no checkpoint of the bad state) on a non-finite loss.
+  """
+  stop = _StopFlag()  # first thing: a SIGTERM during start-up still ends in a clean save
+  try:
+    with contextlib.ExitStack() as resources:
+      return _train(config, workdir, devices, stop, resources)
+  finally:
+    stop.restore()
+
+
+def _train(config, workdir, devices, stop, resources) -> dict:
   devices = list(jax.devices() if devices is None else devices)
   cfg = config_lib.resolve(config, len(devices), jax.process_count())
   is_main = jax.process_index() == 0
@@ -147,6 +161,7 @@ def train(config: Any, workdir: str, devices=None) -> dict:
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                      keep_every=cfg.checkpoint.keep_every,
                                      async_save=cfg.checkpoint.async_save)
+  resources.callback(ckpt.close)
   state = engine.init_state()
   train_batches = engine.batches('train')
   restored = ckpt.restore_latest(state, engine.state_shardings)
@@ -154,13 +169,14 @@ def train(config: Any, workdir: str, devices=None) -> dict:
   if restored is not None:
     state, meta = restored
     train_batches.set_state(meta['data'])
+    engine.set_rng(meta['rng'])
     last_saved = int(jax.device_get(state.step))
     logging.info('resumed from %s at step %d', ckpt.directory, last_saved)
   start = int(jax.device_get(state.step))
 
   writer = MetricsWriter(workdir, is_main)
+  resources.callback(writer.close)
   writer.truncate_after(start)
-  stop = _StopFlag()
   peak = perf.peak_tflops(devices[0], cfg.log.peak_tflops)
   static = dict(params=engine.num_params)
   logging.info('model: %d params, mesh %s, %d devices, %d processes', engine.num_params,
@@ -168,81 +184,73 @@ def train(config: Any, workdir: str, devices=None) -> dict:
 
   def save(state, step):
     nonlocal last_saved
-    ckpt.save(state, {'data': train_batches.get_state(),
-                      'rng': np.asarray(jax.random.key_data(jax.random.key(cfg.seed))).tolist(),
-                      'step': step})
+    ckpt.save(state, {'data': train_batches.get_state(), 'rng': engine.rng_list(), 'step': step})
     last_saved = step
 
   def counters(step):
     return dict(tokens_seen=step * engine.tokens_per_step,
                 flops_seen=step * engine.flops_per_step)
 
-  summary = {}
   last_train, last_eval = None, None
   previous = None  # (step, metrics) of the step before, checked for finiteness one step late
   t_log, steps_since_log, t_start = time.time(), 0, time.time()
   step = start
-  try:
-    while step < cfg.steps:
-      state, metrics = engine.train_step(state, engine.global_batch(next(train_batches)))
-      step += 1
-      steps_since_log += 1
-      if previous is not None:
-        _check_finite(previous[1], previous[0], last_saved)
-      previous = (step, metrics)
-      if step == start + 1:
-        t_log = time.time()  # the first step includes compilation; time from here on
-        steps_since_log = 0
-      preempted = stop.raised or ckpt.reached_preemption(step)
-      at_end = step == cfg.steps
-      do_log = step % cfg.log.every_steps == 0 or at_end
-      do_eval = step % cfg.eval.every_steps == 0 or at_end
-      do_save = step % cfg.checkpoint.every_steps == 0 or at_end or preempted
-      if do_log or do_save:
-        _check_finite(metrics, step, last_saved)
-      if do_log:
-        now = time.time()
-        # None until a step without compilation has been timed.
-        step_time = (now - t_log) / steps_since_log if steps_since_log else None
-        tflops, mfu = (None, None) if step_time is None else perf.throughput(
-            engine.flops_per_step, step_time, len(devices), peak)
-        last_train = dict(step=step, split='train', **_scalars(metrics), **static,
-                          **counters(step), step_time_s=step_time, tflops_per_device=tflops,
-                          mfu=mfu)
-        writer.write(last_train)
-        logging.info('step %d/%d | loss %.4f last %.4f | acc %.3f | lr %.3g | gnorm %.3f | '
-                     '%s s/step | %s TFLOP/s/dev | mfu %s | eta %s', step, cfg.steps,
-                     last_train['loss'], last_train['loss_last_scale'], last_train['acc'],
-                     last_train['lr'], last_train['grad_norm'], _fmt(step_time, '.3f'),
-                     _fmt(tflops, '.3g'), _fmt(mfu, '.3f'),
-                     '?' if step_time is None else _eta(step_time * (cfg.steps - step)))
-        t_log, steps_since_log = time.time(), 0
-      if do_eval:
-        last_eval = dict(step=step, split='eval', **evaluate(engine, state), **static,
-                         **counters(step))
-        writer.write(last_eval)
-        logging.info('eval step %d | loss %.4f last %.4f | acc %.3f', step, last_eval['loss'],
-                     last_eval['loss_last_scale'], last_eval['acc'])
-        t_log, steps_since_log = time.time(), 0
-      if do_save:
-        save(state, step)
-      if preempted and not at_end:
-        ckpt.wait()
-        logging.warning('preempted at step %d: checkpoint saved, exiting', step)
-        return dict(step=step, preempted=True)
-    ckpt.wait()
-    summary = dict(step=step, steps=cfg.steps, **static, **counters(step),
-                   loss=None if last_train is None else last_train['loss'],
-                   eval_loss=None if last_eval is None else last_eval['loss'],
-                   eval_loss_last_scale=None if last_eval is None else last_eval['loss_last_scale'],
-                   eval_acc=None if last_eval is None else last_eval['acc'],
-                   train=last_train, eval=last_eval, wall_time_s=time.time() - t_start,
-                   model=engine.model_kwargs)
-    if is_main:
-      with open(os.path.join(workdir, 'DONE'), 'w') as f:
-        json.dump(summary, f, indent=1, default=list)
-    return summary
-  finally:
-    stop.restore()
-    writer.close()
-    ckpt.close()
+  while step < cfg.steps:
+    state, metrics = engine.train_step(state, engine.global_batch(next(train_batches)))
+    step += 1
+    steps_since_log += 1
+    if previous is not None:
+      _check_finite(previous[1], previous[0], last_saved)
+    previous = (step, metrics)
+    if step == start + 1:
+      t_log = time.time()  # the first step includes compilation; time from here on
+      steps_since_log = 0
+    preempted = stop.raised or ckpt.reached_preemption(step)
+    at_end = step == cfg.steps
+    do_log = step % cfg.log.every_steps == 0 or at_end
+    do_eval = step % cfg.eval.every_steps == 0 or at_end
+    do_save = step % cfg.checkpoint.every_steps == 0 or at_end or preempted
+    if do_log or do_save:
+      _check_finite(metrics, step, last_saved)
+    if do_log:
+      now = time.time()
+      # None until a step without compilation has been timed.
+      step_time = (now - t_log) / steps_since_log if steps_since_log else None
+      tflops, mfu = (None, None) if step_time is None else perf.throughput(
+          engine.flops_per_step, step_time, len(devices), peak)
+      last_train = dict(step=step, split='train', **_scalars(metrics), **static,
+                        **counters(step), step_time_s=step_time, tflops_per_device=tflops,
+                        mfu=mfu)
+      writer.write(last_train)
+      logging.info('step %d/%d | loss %.4f last %.4f | acc %.3f | lr %.3g | gnorm %.3f | '
+                   '%s s/step | %s TFLOP/s/dev | mfu %s | eta %s', step, cfg.steps,
+                   last_train['loss'], last_train['loss_last_scale'], last_train['acc'],
+                   last_train['lr'], last_train['grad_norm'], _fmt(step_time, '.3f'),
+                   _fmt(tflops, '.3g'), _fmt(mfu, '.3f'),
+                   '?' if step_time is None else _eta(step_time * (cfg.steps - step)))
+      t_log, steps_since_log = time.time(), 0
+    if do_eval:
+      last_eval = dict(step=step, split='eval', **evaluate(engine, state), **static,
+                       **counters(step))
+      writer.write(last_eval)
+      logging.info('eval step %d | loss %.4f last %.4f | acc %.3f', step, last_eval['loss'],
+                   last_eval['loss_last_scale'], last_eval['acc'])
+      t_log, steps_since_log = time.time(), 0
+    if do_save:
+      save(state, step)
+    if preempted and not at_end:
+      ckpt.wait()
+      logging.warning('preempted at step %d: checkpoint saved, exiting', step)
+      return dict(step=step, preempted=True)
+  ckpt.wait()
+  summary = dict(step=step, steps=cfg.steps, **static, **counters(step),
+                 loss=None if last_train is None else last_train['loss'],
+                 eval_loss=None if last_eval is None else last_eval['loss'],
+                 eval_loss_last_scale=None if last_eval is None else last_eval['loss_last_scale'],
+                 eval_acc=None if last_eval is None else last_eval['acc'],
+                 train=last_train, eval=last_eval, wall_time_s=time.time() - t_start,
+                 model=engine.model_kwargs)
+  if is_main:
+    with open(os.path.join(workdir, 'DONE'), 'w') as f:
+      json.dump(summary, f, indent=1, default=list)
+  return summary

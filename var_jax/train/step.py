@@ -57,7 +57,7 @@ def train_step(state: state_lib.TrainState, batch: dict, rng: jax.Array, *, mode
   (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=lr_fn(state.step))
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
