@@ -1,0 +1,142 @@
+"""Throughput benchmark of the VAR train step or of sampling, on whatever accelerator is present.
+
+  python -m var_jax.bench train --depth 16 --batch 64 --dtype bfloat16 --steps 20 --json
+  python -m var_jax.bench sample --depth 16 --batch 32 --json
+
+`train` times the full optimizer step (forward, backward, AdamW) of the real engine on random token
+inputs; `sample` times class-conditional generation with classifier-free guidance (batch doubled).
+The tokenizer is a tiny random one: for tokens only its codebook and phi convolutions matter (both
+set by --vocab and its 32 channels). Imports nothing from TFDS or grain.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from var_jax import flops
+from var_jax.train import config as config_lib
+from var_jax.train import engine as engine_lib
+from var_jax.train import perf
+
+_DEPTH = flags.DEFINE_integer('depth', 16, 'VAR depth (width 64 x depth, heads = depth).')
+_BATCH = flags.DEFINE_integer('batch', 8, 'Global batch size.')
+_VOCAB = flags.DEFINE_integer('vocab', 4096, 'Codebook size.')
+_PATCH_NUMS = flags.DEFINE_list('patch-nums', '1,2,3,4,5,6,8,10,13,16', 'Scale sizes.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compiling step).')
+_MESH = flags.DEFINE_list('mesh', '-1,1,1', 'data,fsdp,tensor (-1 fills).')
+_REMAT = flags.DEFINE_string('remat', 'none', 'model.remat_policy.')
+_ATTENTION = flags.DEFINE_string('attention', 'xla', 'model.attention.')
+_PEAK = flags.DEFINE_float('peak-tflops', None, 'Per-device peak TFLOP/s for MFU (default: table).')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+
+MODES = ('train', 'sample')
+
+
+def bench_config(*, depth: int, batch: int, vocab: int, patch_nums, dtype: str, steps: int,
+                 mesh=(-1, 1, 1), remat: str = 'none', attention: str = 'xla'):
+  """A training config on in-memory random tokens with a tiny random tokenizer."""
+  c = config_lib.base_config(with_datasets=False)
+  c.steps, c.batch_size = steps + 1, batch
+  patch_nums = tuple(int(p) for p in patch_nums)
+  c.model.update(dict(depth=depth, vocab_size=vocab, patch_nums=patch_nums, dtype=dtype,
+                      remat_policy=remat, attention=attention))
+  c.tokenizer.update(dict(vocab_size=vocab, patch_nums=patch_nums, ch=16, ch_mult=(1, 1),
+                          num_res_blocks=1, norm_groups=8))
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(m) for m in mesh)
+  return c
+
+
+def _peak_bytes() -> int | None:
+  stats = jax.devices()[0].memory_stats()
+  return None if not stats else stats.get('peak_bytes_in_use')
+
+
+def _summary(kind, engine, times, compile_s, flops_per_call, tokens_per_call, peak):
+  median = statistics.median(times)
+  n = jax.device_count()
+  tflops_total = flops_per_call / median / 1e12
+  return dict(
+      mode=kind, device=jax.devices()[0].device_kind, num_devices=n,
+      depth=engine.model_kwargs['depth'], batch=engine.config.batch_size,
+      params=engine.num_params, dtype=engine.model_kwargs['dtype'],
+      patch_nums=list(engine.patch_nums), vocab=engine.model_kwargs['vocab_size'],
+      step_time_s=median, step_time_min_s=min(times), tokens_per_s=tokens_per_call / median,
+      tflops_per_s=tflops_total, mfu=None if peak is None else tflops_total / n / peak,
+      compile_time_s=compile_s, peak_bytes=_peak_bytes())
+
+
+def bench_train(engine: engine_lib.Engine, steps: int, peak: float | None) -> dict:
+  """Median wall time of the full optimizer step over `steps` steps (after compiling)."""
+  state = engine.init_state()
+  batches = engine.batches('train')
+  batch = engine.global_batch(next(batches))
+  compile_s = engine.compile_train_step(state, batch)
+  state, metrics = engine.train_step(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    batch = engine.global_batch(next(batches))
+    start = time.perf_counter()
+    state, metrics = engine.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return _summary('train', engine, times, compile_s, engine.flops_per_step,
+                  engine.tokens_per_step, peak)
+
+
+def bench_sample(engine: engine_lib.Engine, steps: int, peak: float | None) -> dict:
+  """Median wall time of generating one batch (CFG doubles the transformer's batch)."""
+  from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
+  state = engine.init_state()
+  sampler = sampling.make_sampler(engine.model, engine.tokenizer)
+  labels = np.arange(engine.config.batch_size) % engine.model_kwargs['num_classes']
+  rng = jax.random.key(0)
+  start = time.perf_counter()
+  jax.block_until_ready(sampler(state.params, state.frozen, labels, rng))
+  first = time.perf_counter() - start
+  times = []
+  for i in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(sampler(state.params, state.frozen, labels, jax.random.fold_in(rng, i)))
+    times.append(time.perf_counter() - start)
+  # Forward FLOPs (a third of training's) for 2B rows: conditional and unconditional.
+  flops_per_call = 2 * engine.config.batch_size * flops.train_flops_per_image(
+      engine.model_kwargs) / 3
+  return _summary('sample', engine, times, max(first - statistics.median(times), 0.0),
+                  flops_per_call, engine.tokens_per_step, peak)
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in MODES:
+    raise app.UsageError(f'usage: python -m var_jax.bench {{{"|".join(MODES)}}} [--flags]')
+  cfg = bench_config(depth=_DEPTH.value, batch=_BATCH.value, vocab=_VOCAB.value,
+                     patch_nums=_PATCH_NUMS.value, dtype=_DTYPE.value, steps=_STEPS.value,
+                     mesh=_MESH.value, remat=_REMAT.value, attention=_ATTENTION.value)
+  try:
+    engine = engine_lib.Engine(config_lib.resolve(cfg, jax.device_count()))
+  except ValueError as e:
+    sys.stderr.write(f'var-bench: error: {e}\n')
+    sys.exit(2)
+  peak = perf.peak_tflops(override=_PEAK.value)
+  result = (bench_train if argv[1] == 'train' else bench_sample)(engine, _STEPS.value, peak)
+  if _JSON.value:
+    print(json.dumps(result))
+  else:
+    for key, value in result.items():
+      print(f'{key:>16}: {value}')
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()
