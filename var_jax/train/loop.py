@@ -25,6 +25,9 @@ from var_jax.train import engine as engine_lib
 from var_jax.train import perf
 
 LOGGED_KEYS = ('loss', 'loss_last_scale', 'acc', 'acc_last_scale', 'grad_norm', 'lr')
+# Figures on the console line, whichever of them the task reports (VAR: acc; tokenizer: psnr).
+CONSOLE_KEYS = ('loss', 'loss_last_scale', 'acc', 'rec_loss', 'vq_loss', 'psnr', 'ssim', 'usage',
+                'lr', 'grad_norm')
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -147,9 +150,22 @@ def train(config: Any, workdir: str, devices=None) -> dict:
     stop.restore()
 
 
+def _task(config: Any):
+  """(resolve, engine class) for `config.task`: VAR training unless the config says 'tokenizer'."""
+  if config.get('task') == 'tokenizer':
+    from var_jax.train import tokenizer_task  # pylint: disable=g-import-not-at-top
+    return tokenizer_task.resolve, tokenizer_task.TokenizerEngine
+  return config_lib.resolve, engine_lib.Engine
+
+
+def _figures(record: dict) -> str:
+  return ' | '.join(f'{k} {record[k]:.4g}' for k in CONSOLE_KEYS if record.get(k) is not None)
+
+
 def _train(config, workdir, devices, stop, resources) -> dict:
   devices = list(jax.devices() if devices is None else devices)
-  cfg = config_lib.resolve(config, len(devices), jax.process_count())
+  resolve, engine_cls = _task(config)
+  cfg = resolve(config, len(devices), jax.process_count())
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, 'config.json')
@@ -157,7 +173,7 @@ def _train(config, workdir, devices, stop, resources) -> dict:
     with open(config_path, 'w') as f:
       f.write(cfg.to_json(indent=2))
 
-  engine = engine_lib.Engine(cfg, devices)
+  engine = engine_cls(cfg, devices)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                      keep_every=cfg.checkpoint.keep_every,
                                      async_save=cfg.checkpoint.async_save)
@@ -222,10 +238,8 @@ def _train(config, workdir, devices, stop, resources) -> dict:
                         **counters(step), step_time_s=step_time, tflops_per_device=tflops,
                         mfu=mfu)
       writer.write(last_train)
-      logging.info('step %d/%d | loss %.4f last %.4f | acc %.3f | lr %.3g | gnorm %.3f | '
-                   '%s s/step | %s TFLOP/s/dev | mfu %s | eta %s', step, cfg.steps,
-                   last_train['loss'], last_train['loss_last_scale'], last_train['acc'],
-                   last_train['lr'], last_train['grad_norm'], _fmt(step_time, '.3f'),
+      logging.info('step %d/%d | %s | %s s/step | %s TFLOP/s/dev | mfu %s | eta %s', step,
+                   cfg.steps, _figures(last_train), _fmt(step_time, '.3f'),
                    _fmt(tflops, '.3g'), _fmt(mfu, '.3f'),
                    '?' if step_time is None else _eta(step_time * (cfg.steps - step)))
       t_log, steps_since_log = time.time(), 0
@@ -233,8 +247,7 @@ def _train(config, workdir, devices, stop, resources) -> dict:
       last_eval = dict(step=step, split='eval', **evaluate(engine, state), **static,
                        **counters(step))
       writer.write(last_eval)
-      logging.info('eval step %d | loss %.4f last %.4f | acc %.3f', step, last_eval['loss'],
-                   last_eval['loss_last_scale'], last_eval['acc'])
+      logging.info('eval step %d | %s', step, _figures(last_eval))
       t_log, steps_since_log = time.time(), 0
     if do_save:
       save(state, step)
@@ -246,10 +259,12 @@ def _train(config, workdir, devices, stop, resources) -> dict:
   summary = dict(step=step, steps=cfg.steps, **static, **counters(step),
                  loss=None if last_train is None else last_train['loss'],
                  eval_loss=None if last_eval is None else last_eval['loss'],
-                 eval_loss_last_scale=None if last_eval is None else last_eval['loss_last_scale'],
-                 eval_acc=None if last_eval is None else last_eval['acc'],
+                 eval_loss_last_scale=None if last_eval is None else last_eval.get('loss_last_scale'),
+                 eval_acc=None if last_eval is None else last_eval.get('acc'),
                  train=last_train, eval=last_eval, wall_time_s=time.time() - t_start,
                  model=engine.model_kwargs)
+  if hasattr(engine, 'finish'):  # task outputs, e.g. the exported tokenizer and its grid
+    summary.update(engine.finish(state, workdir))
   if is_main:
     with open(os.path.join(workdir, 'DONE'), 'w') as f:
       json.dump(summary, f, indent=1, default=list)
