@@ -13,6 +13,7 @@ import os
 from typing import Any, Sequence
 
 import ml_collections
+from ml_collections import config_dict
 import tensorflow_datasets as tfds
 
 from var_jax.data import image_folder
@@ -24,12 +25,12 @@ DEFAULT_DATA_DIR = '~/tensorflow_datasets'
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `data` keys `make_loader` reads, with their defaults."""
+  """The `data` keys `make_loader` reads, with their defaults (None ones typed, so flags can set them)."""
   return ml_collections.ConfigDict({
       'name': 'synthetic_shapes',  # synthetic_shapes | image_folder | tokens | any TFDS name (cifar10, ...)
       'data_dir': DEFAULT_DATA_DIR,  # Where TFDS datasets (ours included) are built and read.
-      'path': None,  # image_folder: the folder of class sub-folders; tokens: the var_jax.tokenize --out dir.
-      'manual_dir': None,  # Manual-download TFDS datasets (imagenet2012); default DATA_DIR/downloads/manual.
+      'path': config_dict.placeholder(str),  # image_folder: the folder of class sub-folders; tokens: the var_jax.tokenize --out dir.
+      'manual_dir': config_dict.placeholder(str),  # Manual-download TFDS datasets (imagenet2012); default DATA_DIR/downloads/manual.
       'train_split': 'train',
       'eval_split': 'validation',  # cifar10 has 'test'.
       'image_size': 64,

@@ -1,0 +1,61 @@
+"""`make demo` end to end at a reduced size: every stage runs, the report holds numbers, reruns reuse."""
+import json
+import math
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from var_jax import demo
+
+pytestmark = pytest.mark.slow
+
+
+def _demo(out, *flags):
+  return subprocess.run([sys.executable, '-m', 'var_jax.demo', f'--out={out}', '--size=tiny', *flags],
+                        capture_output=True, text=True, timeout=1200, cwd=demo.REPO)
+
+
+@pytest.fixture(scope='module')
+def tiny_demo(tmp_path_factory):
+  out = tmp_path_factory.mktemp('demo')
+  res = _demo(out)
+  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  return out, res
+
+
+def test_report_has_every_stage_runs_fits_plots_and_samples(tiny_demo):
+  out, res = tiny_demo
+  report = (out / 'report.md').read_text()
+  timings = json.loads((out / 'timings.json').read_text())
+  assert list(timings) == [s.name for s in demo.make_stages(out, 'tiny')]
+  assert all(t['seconds'] > 0 for t in timings.values())
+  for stage in timings:
+    assert re.search(rf'^\| {stage} \| .* \| \d+\.\d \|$', report, re.M), stage
+  fit_rows = re.findall(r'^\| (params|flops) \| (loss|loss_last_scale) \| (\S+) \| \[(\S+), (\S+)\] \| (\S+) \|'
+                        r' .* \| (\S+) \|$', report, re.M)
+  assert {(x, y) for x, y, *_ in fit_rows} >= {('params', 'loss'), ('flops', 'loss')}
+  for _, _, alpha, lo, hi, beta, r in fit_rows:
+    assert all(math.isfinite(float(v)) for v in (alpha, lo, hi, beta))
+    assert r == 'nan' or -1 <= float(r) <= 1  # r is undefined for the tiny sweep's two points
+  images = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', report)
+  assert 'samples/samples.png' in images and len(images) >= 3
+  for rel in images:
+    assert (out / rel).stat().st_size > 0, rel
+  assert '[demo] done' in res.stdout
+
+
+def test_rerun_reuses_every_stage(tiny_demo):
+  out, _ = tiny_demo
+  res = _demo(out)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert res.stdout.count('reusing earlier output') == len(demo.make_stages(out, 'tiny'))
+
+
+def test_failed_stage_names_itself_and_its_log(tmp_path):
+  bad = demo.Stage('broken', 'a stage that fails', lambda: False, lambda: [sys.executable, '-c', 'raise SystemExit(3)'])
+  with pytest.raises(demo.StageError, match=r"demo stage 'broken' exited with 3; see .*broken\.log"):
+    demo.run_stages([bad], tmp_path)
+  assert (tmp_path / 'logs' / 'broken.log').exists()
