@@ -1,13 +1,19 @@
 """Tokenizer training: losses fall, outputs stay finite, codebook health, restarts, export, config errors."""
 import functools
+import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from var_jax.data import sources
 from var_jax.data import synthetic_shapes
 from var_jax.models import discriminator
 from var_jax.models import quantizer
@@ -190,3 +196,64 @@ def test_bad_config_is_one_clear_error(overrides, message):
       c[group] = values
   with pytest.raises(ValueError, match=message.replace('.', r'\.').replace('(', r'\(')):
     tokenizer_task.resolve(c, 8)
+
+
+# ---------------------------------------------------------------------------- the real CLI
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI_STEPS = 10
+
+
+def _start(workdir, data_dir):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  return subprocess.Popen(
+      [sys.executable, '-m', 'var_jax.train', '--config=experiments/tokenizer_shapes.py:test',
+       f'--workdir={workdir}', f'--config.steps={CLI_STEPS}', f'--config.data.data_dir={data_dir}'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _records(workdir, split='train'):
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [r for r in map(json.loads, f) if r['split'] == split]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_continues_exactly_and_exports(tmp_path):
+  ref_dir, run_dir = str(tmp_path / 'reference'), str(tmp_path / 'interrupted')
+  data_dir = str(tmp_path / 'data')
+  spec = importlib.util.spec_from_file_location(
+      'tokenizer_shapes', os.path.join(REPO, 'experiments', 'tokenizer_shapes.py'))
+  experiment = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(experiment)
+  data_cfg = experiment.get_config('test').data
+  data_cfg.data_dir = data_dir
+  sources.prepare(data_cfg)  # once, before two processes would race to build it
+  reference = _start(ref_dir, data_dir)
+  proc = _start(run_dir, data_dir)
+  deadline = time.time() + 900
+  while not any(r['step'] >= 4 for r in _records(run_dir)):  # checkpoint at 3, killed after 4
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline, 'no step 4 logged'
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc = _start(run_dir, data_dir)
+  for p in (proc, reference):
+    _, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err[-3000:]
+  want, got = _records(ref_dir), _records(run_dir)
+  assert [r['step'] for r in got] == list(range(1, CLI_STEPS + 1))
+  for key in ('loss', 'rec_loss', 'vq_loss', 'psnr', 'grad_norm', 'usage_scale_0', 'usage_scale_3',
+              'perplexity_scale_3', 'codes_restarted'):
+    assert [r[key] for r in got] == [r[key] for r in want], key  # bit for bit
+  evals = _records(run_dir, 'eval')[-1]
+  assert evals['psnr'] == _records(ref_dir, 'eval')[-1]['psnr']
+  assert {f'psnr_scales_{k}' for k in range(1, 5)} <= set(evals)
+  from var_jax import convert
+  _, params = convert.load_tokenizer(os.path.join(run_dir, 'tokenizer'))
+  _, ref_params = convert.load_tokenizer(os.path.join(ref_dir, 'tokenizer'))
+  assert convert.fingerprint(params) == convert.fingerprint(ref_params)
+  assert os.path.getsize(os.path.join(run_dir, 'recon_grid.png')) > 0

@@ -81,8 +81,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.codebook = ml_collections.ConfigDict(dict(
       window=100,                 # steps over which usage is counted (and a code may stay unused)
       restart_every=0,            # > 0: restart dead codes every this many steps
-      ema_decay=config_dict.placeholder(float)))  # e.g. 0.99: EMA k-means instead of gradients
+      ema_decay=config_dict.placeholder(float),  # e.g. 0.99: EMA k-means instead of gradients
+      eini=0.0))  # initial codes (official `eini`): >0 trunc-normal std, <0 U(+-|eini|/V), 0 VQVAE's
   c.eval.grid_images = 8          # columns of the reconstruction grid PNG
+  # synthetic_shapes sizes (None: var_jax.data defaults).
+  c.data.num_train = config_dict.placeholder(int)
+  c.data.num_eval = config_dict.placeholder(int)
   c.tokenizer.path = config_dict.placeholder(str)  # start from this tokenizer (fine-tuning)
   return c
 
@@ -240,6 +244,16 @@ def init_codebook_state(vae_params: Any, num_scales: int, spec: LossSpec) -> dic
   return out
 
 
+def initial_codebook(key: jax.Array, codebook_VC: jax.Array, eini: float) -> jax.Array:
+  """Official `VectorQuantizer2.eini`: small codes let the encoder, not the init, set the scale."""
+  if eini > 0:
+    return eini * jax.random.truncated_normal(key, -2.0, 2.0, codebook_VC.shape, codebook_VC.dtype)
+  if eini < 0:
+    bound = abs(eini) / codebook_VC.shape[0]
+    return jax.random.uniform(key, codebook_VC.shape, codebook_VC.dtype, -bound, bound)
+  return codebook_VC
+
+
 # ============================================================================== steps
 
 
@@ -370,7 +384,7 @@ def train_step(state: TokenizerState, batch: dict, rng: jax.Array, *,
   opt_state['codebook'] = cb_state
 
   metrics.update(codebook.health_metrics(cb_state['health'], state.step, spec.window))
-  metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=lr_fn(state.step),
+  metrics.update(loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step),
                  psnr=jnp.mean(image_metrics.psnr(img, jnp.clip(recon, -1, 1))))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics
@@ -442,12 +456,19 @@ class TokenizerEngine:
     if self.spec.perceptual > 0:
       frozen['perceptual'] = perceptual_lib.load_params(config.loss.perceptual_path)
     self._frozen_host = frozen
-    self.rng_data = _put_replicated(
-        np.asarray(jax.random.key_data(jax.random.key(config.seed))), self.mesh)
+    self.set_rng(jax.random.key_data(jax.random.key(config.seed)))
     abstract = jax.eval_shape(self._init, jax.random.key(0), self._start_params_abstract())
     self.state_shardings = jax.tree.map(lambda _: self.replicated, abstract)
     self.abstract = abstract
     self._compiled = {}
+
+  def set_rng(self, key_data) -> None:
+    """The run's base key (raw key data, e.g. from a checkpoint); step keys fold in the step."""
+    self._rng_host = np.asarray(key_data, np.uint32)
+    self.rng_data = _put_replicated(self._rng_host, self.mesh)
+
+  def rng_list(self) -> list[int]:
+    return self._rng_host.tolist()
 
   # ---- construction -------------------------------------------------------------------------
 
@@ -462,8 +483,12 @@ class TokenizerEngine:
 
   def _init(self, key, start_params, frozen=None):
     k_vae, k_disc = jax.random.split(key)
-    vae_params = (self.vae.init(k_vae, self._image())['params'] if start_params is None
-                  else start_params)
+    if start_params is None:
+      vae_params = self.vae.init(k_vae, self._image())['params']
+      vae_params = _set(vae_params, CODEBOOK_PATH, initial_codebook(
+          jax.random.fold_in(k_vae, 1), _get(vae_params, CODEBOOK_PATH), self.config.codebook.eini))
+    else:
+      vae_params = start_params
     params = {'vae': vae_params}
     opt_state = {'vae': self.tx_vae.init(vae_params),
                  'codebook': init_codebook_state(vae_params, len(self.patch_nums), self.spec)}
