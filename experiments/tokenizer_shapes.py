@@ -9,7 +9,7 @@ The images' thin stripes are the hard part: a CPU budget buys about 16 dB PSNR; 
 `--config.tokenizer.ch=32`) buy more. The run ends
 with `runs/tok_shapes/tokenizer` (load it by path: `--config.tokenizer.path=runs/tok_shapes/tokenizer`)
 and `recon_grid.png` (inputs, then reconstructions from the first 1..8 scales).
-`:test` is a 16px miniature for tests.
+`:demo` is this same run (the demo's tokenizer stage); `:test` is a 16px miniature for tests.
 """
 from var_jax.train import tokenizer_task
 
@@ -45,7 +45,7 @@ def get_config(arg=None):
     c.checkpoint.update(dict(every_steps=3, keep=3))
     c.log.every_steps = 1
     c.eval.update(dict(every_steps=100, batches=1, batch_size=8, grid_images=4))
-  elif arg:
+  elif arg not in (None, '', 'demo'):
     raise ValueError(f'experiments/tokenizer_shapes.py: unknown argument {arg!r}; expected '
-                     'nothing or "test"')
+                     'nothing, "demo" or "test"')
   return c
