@@ -2,6 +2,8 @@
 
   python -m var_jax.sweep --launcher=slurm --sbatch_args="--nodes=4" \
       --config=experiments/var_imagenet_scaling.py:/ckpt/vae_ch160v4096z32.pth --workdir=/ckpt/var_scaling
+  # one size only (same recipe): append the depths
+  python -m var_jax.sweep --config=experiments/var_imagenet_scaling.py:/ckpt/vae_ch160v4096z32.pth,16 ...
 
 The argument is the official tokenizer (`vae_ch160v4096z32.pth`, or a var_jax tokenizer folder); it is
 required, since a randomly initialised tokenizer would make the losses meaningless. ImageNet is read
@@ -35,11 +37,15 @@ def batch_size(cfg):
 
 
 def get_config(arg=None):
+  """arg: TOKENIZER[,DEPTH,...]; depths given after the tokenizer train only those sizes."""
   if not arg:
     raise ValueError('experiments/var_imagenet_scaling.py needs the official tokenizer: '
-                     '--config=experiments/var_imagenet_scaling.py:PATH/vae_ch160v4096z32.pth')
+                     '--config=experiments/var_imagenet_scaling.py:PATH/vae_ch160v4096z32.pth[,DEPTH,...]')
+  tokenizer_path, *depths = arg.split(',')
+  if not all(d.isdigit() for d in depths):
+    raise ValueError(f'experiments/var_imagenet_scaling.py: depths {depths} after the tokenizer must be integers')
   base = config_lib.base_config()
-  base.tokenizer.path = arg
+  base.tokenizer.path = tokenizer_path
   base.model.dtype = 'bfloat16'
   base.optim.update(dict(b1=0.9, b2=0.95, weight_decay=0.05, schedule='lin0', grad_clip=2.0))
   base.checkpoint.update(dict(every_steps=2000, keep=2))
@@ -50,7 +56,7 @@ def get_config(arg=None):
 
   sweep = ml_collections.ConfigDict()
   sweep.base = base
-  sweep.axes = [('model.depth', DEPTHS)]
+  sweep.axes = [('model.depth', tuple(int(d) for d in depths) or DEPTHS)]
   sweep.images_per_epoch = IMAGENET_TRAIN_IMAGES
   sweep.derived = [
       ('batch_size', batch_size),

@@ -212,3 +212,30 @@ def test_real_trainer_sweep_with_one_failing_run(tmp_path):
   sweep.launch(c, root, 'local', report=False, out=out)
   assert '0 to run' in out.getvalue()
   assert logs == {r['run_id']: open(os.path.join(root, r['run_id'], 'train.log')).read() for r in rows}
+
+
+def _experiment(name):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, REPO / 'experiments' / f'{name}.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_imagenet_sweep_follows_the_paper_sizes_and_official_recipe():
+  runs = sweep.expand(_experiment('var_imagenet_scaling').get_config('/ckpt/vae.pth'))
+  by_depth = {r.config.model.depth: r.config for r in runs}
+  assert sorted(by_depth) == list(range(6, 31, 2))
+  d16, d30 = by_depth[16], by_depth[30]
+  assert (d16.batch_size, d30.batch_size) == (768, 1024)
+  assert d16.steps == round(200 * 1_281_167 / 768) and d30.steps == round(350 * 1_281_167 / 1024)
+  assert (d16.optim.base_lr, d30.optim.base_lr) == (1e-4, 8e-5)
+  assert all(c.tokenizer.path == '/ckpt/vae.pth' and c.data.name == 'imagenet2012' for c in by_depth.values())
+
+
+def test_imagenet_sweep_trains_only_the_depths_named_after_the_tokenizer():
+  module = _experiment('var_imagenet_scaling')
+  runs = sweep.expand(module.get_config('/ckpt/vae.pth,16,20'))
+  assert [r.config.model.depth for r in runs] == [16, 20]
+  with pytest.raises(ValueError, match='must be integers'):
+    module.get_config('/ckpt/vae.pth,sixteen')
