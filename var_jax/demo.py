@@ -17,10 +17,10 @@ from typing import Callable, Sequence
 from absl import app
 from absl import flags
 
-_OUT = flags.DEFINE_string("out", "demo_out", "Folder for everything the demo writes.")
-_SIZE = flags.DEFINE_enum("size", "full", ["full", "tiny"],
-                          "'full' is the real demo (about 10 minutes on 2 cores); 'tiny' runs each stage for a "
-                          "few steps, for tests.")
+_OUT = flags.DEFINE_string('out', 'demo_out', 'Folder for everything the demo writes.', allow_override=True)
+_SIZE = flags.DEFINE_enum('size', 'full', ['full', 'tiny'],
+                          "'full' is the real demo (under 10 minutes on 2 cores); 'tiny' runs each stage for a "
+                          'few steps, for tests.')
 
 
 class StageError(RuntimeError):
@@ -38,37 +38,37 @@ class Stage:
 def run_stage(stage: Stage, log_dir: pathlib.Path) -> tuple[float, bool]:
   """Runs one stage, streaming its output to the console and its log; returns (seconds, reused)."""
   if stage.done():
-    print(f"[demo] {stage.name}: reusing earlier output", flush=True)
+    print(f'[demo] {stage.name}: reusing earlier output', flush=True)
     return 0.0, True
   log_dir.mkdir(parents=True, exist_ok=True)
-  log_path = log_dir / f"{stage.name}.log"
+  log_path = log_dir / f'{stage.name}.log'
   argv = list(stage.argv())
-  print(f"[demo] {stage.name}: {stage.what}  (log: {log_path})", flush=True)
+  print(f'[demo] {stage.name}: {stage.what}  (log: {log_path})', flush=True)
   start = time.monotonic()
-  with open(log_path, "w") as log:
-    log.write("$ " + " ".join(argv) + "\n")
+  with open(log_path, 'w') as log:
+    log.write('$ ' + ' '.join(argv) + '\n')
     log.flush()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             cwd=REPO)
     for line in proc.stdout:
       log.write(line)
       log.flush()
-      print(f"  {stage.name} | {line}", end="", flush=True)
+      print(f'  {stage.name} | {line}', end='', flush=True)
     rc = proc.wait()
   if rc != 0 or not stage.done():
-    why = f"exited with {rc}" if rc else "finished without writing its output"
+    why = f'exited with {rc}' if rc else 'finished without writing its output'
     raise StageError(f"demo stage '{stage.name}' {why}; see {log_path}")
   return time.monotonic() - start, False
 
 
 def run_stages(stages: Sequence[Stage], out: pathlib.Path) -> dict[str, dict]:
   """Runs the stages in order and records their wall time in OUT/timings.json (kept across reruns)."""
-  timings_path = out / "timings.json"
+  timings_path = out / 'timings.json'
   timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
   for stage in stages:
-    seconds, reused = run_stage(stage, out / "logs")
+    seconds, reused = run_stage(stage, out / 'logs')
     if not reused:
-      timings[stage.name] = {"what": stage.what, "seconds": round(seconds, 1)}
+      timings[stage.name] = {'what': stage.what, 'seconds': round(seconds, 1)}
       timings_path.write_text(json.dumps(timings, indent=1))
   return timings
 

@@ -210,7 +210,7 @@ def check_fixture(path: str) -> Tuple[Dict[str, np.ndarray], List[Row]]:
 
 
 _FIXTURE = flags.DEFINE_string('fixture', None, 'parity fixture folder.')
-_OUT = flags.DEFINE_string('out', None, 'where to write the computed keys (.npz).')
+_OUT = flags.DEFINE_string('out', None, 'where to write the computed keys (.npz).', allow_override=True)
 
 
 def main(argv: Sequence[str]) -> int:

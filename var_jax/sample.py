@@ -27,7 +27,7 @@ _VAR_CONFIG = flags.DEFINE_string('model_config', None, 'JSON of VAR attributes 
                                   'state dict implies (e.g. num_heads when attn_l2_norm is off).')
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'Tokenizer directory or official .pth/.npz; '
                                  'required with --var, overrides the workdir config otherwise.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints/).', allow_override=True)
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step of --workdir (default: the latest).')
 _CLASSES = flags.DEFINE_list('classes', ['0', '1', '2', '3'], 'Class labels, one grid row each.')
 _PER_CLASS = flags.DEFINE_integer('samples_per_class', 4, 'Samples per class (grid columns).')
@@ -35,8 +35,8 @@ _CFG = flags.DEFINE_float('cfg', 1.5, 'Classifier-free guidance at the last scal
 _TOP_K = flags.DEFINE_integer('top_k', 900, 'Top-k filtering (0 = off; capped at the vocabulary).')
 _TOP_P = flags.DEFINE_float('top_p', 0.96, 'Top-p filtering (0 = off).')
 _MORE_SMOOTH = flags.DEFINE_bool('more_smooth', False, 'Gumbel-softmax visualisation mode.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_BATCH = flags.DEFINE_integer('batch_size', 16, 'Images per compiled batch.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.', allow_override=True)
+_BATCH = flags.DEFINE_integer('batch_size', 16, 'Images per compiled batch.', allow_override=True)
 _OUT_DIR = flags.DEFINE_string('out_dir', 'samples', 'Output directory.')
 
 

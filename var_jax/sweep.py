@@ -15,8 +15,8 @@ from ml_collections import config_flags
 
 from var_jax.scaling import sweep
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep file (get_config returns base/axes/...).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one folder per run, results.csv, report/.')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep file (get_config returns base/axes/...).', allow_override=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep root: one folder per run, results.csv, report/.', allow_override=True)
 _LAUNCHER = flags.DEFINE_enum('launcher', 'local', ['local', 'print', 'slurm'], 'How runs are started.')
 _AGGREGATE_ONLY = flags.DEFINE_bool('aggregate_only', False, 'Only write results.csv and the report.')
 _RETRY_FAILED = flags.DEFINE_bool('retry_failed', False, 'Also rerun runs recorded as failed or diverged.')

@@ -19,14 +19,14 @@ import numpy as np
 from var_jax.data import sources
 from var_jax.data import tokens
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config (its data and tokenizer).')
-_OUT = flags.DEFINE_string('out', None, 'Directory of the token dataset (created; resumed if present).')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config (its data and tokenizer).', allow_override=True)
+_OUT = flags.DEFINE_string('out', None, 'Directory of the token dataset (created; resumed if present).', allow_override=True)
 _SPLIT = flags.DEFINE_string('split', None, 'Split to tokenize; default config.data.train_split.')
 _NUM_CROPS = flags.DEFINE_integer('num_crops', 1, 'Crops per image: the centre crop, then random crops.')
 _FLIP = flags.DEFINE_bool('flip', False, 'Also store every crop mirrored.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per tokenizer call.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per tokenizer call.', allow_override=True)
 _CHUNK_SIZE = flags.DEFINE_integer('chunk_size', 1024, 'Source images per file (the unit of resuming).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random crops.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random crops.', allow_override=True)
 _PROCESS_INDEX = flags.DEFINE_integer('process_index', None, 'This process; default jax.process_index().')
 _PROCESS_COUNT = flags.DEFINE_integer('process_count', None, 'Processes; default jax.process_count().')
 

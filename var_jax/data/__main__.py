@@ -13,7 +13,7 @@ from ml_collections import config_flags
 
 from var_jax.data import sources
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config whose `data` section to prepare.')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config whose `data` section to prepare.', allow_override=True)
 
 
 def main(argv):

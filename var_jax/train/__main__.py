@@ -13,8 +13,8 @@ from ml_collections import config_flags
 
 from var_jax.train import distributed
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (get_config).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumes if it holds checkpoints).')
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (get_config).', allow_override=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumes if it holds checkpoints).', allow_override=True)
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process.')
