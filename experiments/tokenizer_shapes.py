@@ -19,7 +19,7 @@ PATCH_NUMS = (1, 2, 3, 4, 6, 8, 12, 16)
 def get_config(arg=None):
   c = tokenizer_task.base_config()
   c.seed = 0
-  c.steps = 400
+  c.steps = 600
   c.batch_size = 8
   c.tokenizer.update(dict(vocab_size=256, z_channels=16, ch=8, ch_mult=(1, 2, 4),
                           num_res_blocks=1, norm_groups=4, beta=0.25, quant_resi=0.5,

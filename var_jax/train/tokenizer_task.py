@@ -15,7 +15,8 @@ Codebook health (`var_jax.train.codebook`) is logged every step per scale: usage
 `codebook.window` steps and perplexity. Optional: restarting codes unused for a whole window onto
 current quantizer inputs every `codebook.restart_every` steps, and EMA k-means codebook updates
 (`codebook.ema_decay`) instead of the codebook gradient. l2-normalised (cosine) code lookup is the
-VQVAE attribute `tokenizer.using_znorm`.
+VQVAE attribute `tokenizer.using_znorm`. `tokenizer.path` starts from a saved tokenizer (fine-tuning);
+its own config.json then sets the architecture.
 
 State layout (what the loop checkpoints): params {'vae', 'disc'?}; opt_state {'vae', 'disc'?,
 'codebook'} where 'codebook' holds the health window and EMA statistics, i.e. the codebook's
@@ -84,10 +85,6 @@ def base_config() -> ml_collections.ConfigDict:
       ema_decay=config_dict.placeholder(float),  # e.g. 0.99: EMA k-means instead of gradients
       eini=0.0))  # initial codes (official `eini`): >0 trunc-normal std, <0 U(+-|eini|/V), 0 VQVAE's
   c.eval.grid_images = 8          # columns of the reconstruction grid PNG
-  # synthetic_shapes sizes (None: var_jax.data defaults).
-  c.data.num_train = config_dict.placeholder(int)
-  c.data.num_eval = config_dict.placeholder(int)
-  c.tokenizer.path = config_dict.placeholder(str)  # start from this tokenizer (fine-tuning)
   return c
 
 
