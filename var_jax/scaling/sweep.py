@@ -38,7 +38,8 @@ from var_jax.scaling import runs as runs_lib
 
 BUDGET_KEYS = ('tokens', 'images', 'epochs', 'flops')
 RUN_CONFIG_JSON, RUN_CONFIG_PY, LOG = 'run_config.json', 'run_config.py', 'train.log'
-# Hidden hook for tests: a command (shell words) that replaces `python -m var_jax.train`.
+# A command (shell words) that replaces `python -m var_jax.train` for every run, to hand runs to a launcher:
+# `launch/local.sh 2 --`, or `launch/tpu_pod.sh --tpu NAME --zone ZONE -- python -m var_jax.train`.
 TRAINER_ENV = 'VAR_JAX_SWEEP_TRAINER'
 RESULT_COLUMNS = ('run_id', 'depth', 'width', 'heads', 'params', 'params_nonembed', 'batch_size', 'steps',
                   'images', 'tokens', 'flops', 'loss', 'loss_last_scale', 'acc', 'acc_last_scale', 'status', 'error')
