@@ -1,4 +1,5 @@
 """Tokenizer training: losses fall, outputs stay finite, codebook health, restarts, export, config errors."""
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -257,3 +258,21 @@ def test_resume_after_kill_continues_exactly_and_exports(tmp_path):
   _, ref_params = convert.load_tokenizer(os.path.join(ref_dir, 'tokenizer'))
   assert convert.fingerprint(params) == convert.fingerprint(ref_params)
   assert os.path.getsize(os.path.join(run_dir, 'recon_grid.png')) > 0
+
+
+def test_perceptual_term_joins_the_reconstruction_loss(tmp_path):
+  from var_jax.models import perceptual
+  rng = np.random.default_rng(0)
+  arrays = {k: rng.normal(0, 0.05, s).astype(np.float32)
+            for k, s in perceptual.expected_shapes().items()}
+  np.savez(tmp_path / 'vgg.npz', **arrays)
+  params = perceptual.load_params(str(tmp_path / 'vgg.npz'))
+  spec = tokenizer_task.LossSpec.from_config(tokenizer_task.resolve(tiny_config(), 8))
+  spec = dataclasses.replace(spec, l1=1.0, l2=0.5, perceptual=2.0)
+  img, recon = shapes_batch(2), shapes_batch(2, seed=3)
+  fn = jax.jit(lambda a, b, p: tokenizer_task.reconstruction_loss(a, b, spec, p))
+  loss, terms = fn(img, recon, params)
+  lpips = float(jnp.mean(jax.jit(perceptual.lpips)(params, img, recon)))
+  np.testing.assert_allclose(float(terms['perceptual']), lpips, rtol=1e-5)
+  want = np.mean(np.abs(recon - img)) + 0.5 * np.mean((recon - img) ** 2) + 2.0 * lpips
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
