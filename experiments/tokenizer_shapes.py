@@ -9,7 +9,8 @@ The images' thin stripes are the hard part: a CPU budget buys about 16 dB PSNR; 
 `--config.tokenizer.ch=32`) buy more. The run ends
 with `runs/tok_shapes/tokenizer` (load it by path: `--config.tokenizer.path=runs/tok_shapes/tokenizer`)
 and `recon_grid.png` (inputs, then reconstructions from the first 1..8 scales).
-`:demo` is this same run (the demo's tokenizer stage); `:test` is a 16px miniature for tests.
+`:demo` is the demo's smaller tokenizer (32px, 4x4 latents, scales 1..4, 64 codes of 8 channels, matching
+experiments/shapes_scaling.py); `:test` is a 16px miniature for tests.
 """
 from var_jax.train import tokenizer_task
 
@@ -35,7 +36,14 @@ def get_config(arg=None):
   c.data.update(dict(name='synthetic_shapes', image_size=64, hflip=False, worker_count=0,
                      prefetch=2, train_split='train', eval_split='validation'))
 
-  if arg == 'test':
+  if arg == 'demo':  # what `make demo` trains: 32px, 4x4 latents, the VAR sizes of experiments/shapes_scaling.py
+    c.steps = 400
+    c.tokenizer.update(dict(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 1, 2, 2),
+                            norm_groups=8, patch_nums=(1, 2, 3, 4)))
+    c.data.update(dict(image_size=32, num_train=4096, num_eval=512))
+    c.checkpoint.every_steps = 200
+    c.eval.every_steps = c.steps
+  elif arg == 'test':
     c.steps = 10
     c.optim.warmup_steps = 2
     c.tokenizer.update(dict(vocab_size=32, z_channels=8, ch=8, ch_mult=(1, 2),
@@ -45,7 +53,7 @@ def get_config(arg=None):
     c.checkpoint.update(dict(every_steps=3, keep=3))
     c.log.every_steps = 1
     c.eval.update(dict(every_steps=100, batches=1, batch_size=8, grid_images=4))
-  elif arg not in (None, '', 'demo'):
+  elif arg:
     raise ValueError(f'experiments/tokenizer_shapes.py: unknown argument {arg!r}; expected '
                      'nothing, "demo" or "test"')
   return c
