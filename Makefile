@@ -15,8 +15,10 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 # pytest exits 5 when it collected nothing; that must fail, so it is not special-cased.
+# Test files are spread over TEST_WORKERS processes, each file on one, so module fixtures compile once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m var_jax.demo --out demo_out

@@ -13,8 +13,8 @@ import ml_collections
 from var_jax.train import config as config_lib
 
 PATCH_NUMS = (1, 2, 3, 4)
-SIZES = {'full': dict(depths=(1, 2, 3, 4), steps=150, eval_every=25),
-         'tiny': dict(depths=(1, 2), steps=4, eval_every=2)}
+SIZES = {'full': dict(depths=(1, 2, 3, 4), steps=500, eval_every=100, eval_batches=16),
+         'tiny': dict(depths=(1, 2), steps=4, eval_every=2, eval_batches=4)}
 
 
 def peak_lr(cfg):
@@ -36,7 +36,7 @@ def get_config(arg=None):
   base.mesh.update(dict(data=-1, fsdp=1, tensor=1))
   base.checkpoint.update(dict(every_steps=50, keep=1))
   base.log.every_steps = s['eval_every']
-  base.eval.update(dict(every_steps=s['eval_every'], batches=4))
+  base.eval.update(dict(every_steps=s['eval_every'], batches=s['eval_batches']))
   base.data.update(dict(name='synthetic_shapes', image_size=32, num_train=2048, num_eval=256, num_threads=1,
                         prefetch=1, worker_count=0))
 
