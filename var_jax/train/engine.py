@@ -37,14 +37,6 @@ def tokenizer_kwargs(tok_cfg: Any) -> dict:
   return kwargs
 
 
-def put_replicated(tree: Any, mesh) -> Any:
-  """Host arrays -> global arrays replicated on `mesh` (works with several processes)."""
-  repl = sharding.replicated(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), repl, lambda idx: np.asarray(x)[idx]),
-      tree)
-
-
 def _init_tokenizer(tokenizer: nn.Module, image_size: int, key):
   return tokenizer.init({'params': key}, jnp.zeros((1, image_size, image_size, 3), jnp.float32))[
       'params']
@@ -82,7 +74,7 @@ class Engine:
   def set_rng(self, key_data) -> None:
     """The run's base key (raw key data, e.g. from a checkpoint); step keys fold in the step."""
     self._rng_host = np.asarray(key_data, np.uint32)
-    self.rng_data = put_replicated(self._rng_host, self.mesh)
+    self.rng_data = sharding.put_replicated(self._rng_host, self.mesh)
 
   def rng_list(self) -> list[int]:
     return self._rng_host.tolist()
@@ -157,7 +149,7 @@ class Engine:
       tok_params = random_tokenizer_params(
           self.tokenizer, config_lib.tokenizer_image_size(self.config.tokenizer),
           self.config.tokenizer.seed)
-    frozen = put_replicated(tok_params, self.mesh)
+    frozen = sharding.put_replicated(tok_params, self.mesh)
 
     def init(key, frozen):
       params = nn.meta.unbox(self._boxed_params(key))

@@ -462,7 +462,7 @@ class TokenizerEngine:
   def set_rng(self, key_data) -> None:
     """The run's base key (raw key data, e.g. from a checkpoint); step keys fold in the step."""
     self._rng_host = np.asarray(key_data, np.uint32)
-    self.rng_data = _put_replicated(self._rng_host, self.mesh)
+    self.rng_data = sharding.put_replicated(self._rng_host, self.mesh)
 
   def rng_list(self) -> list[int]:
     return self._rng_host.tolist()
@@ -499,8 +499,8 @@ class TokenizerEngine:
   def init_state(self) -> TokenizerState:
     """Fresh (or `tokenizer.path`) params and optimizer state, created replicated on the mesh."""
     start = (None if self._start_params is None
-             else _put_replicated(self._start_params, self.mesh))
-    frozen = _put_replicated(self._frozen_host, self.mesh)
+             else sharding.put_replicated(self._start_params, self.mesh))
+    frozen = sharding.put_replicated(self._frozen_host, self.mesh)
     init = jax.jit(self._init, out_shardings=self.state_shardings)
     with jax.set_mesh(self.mesh):
       return init(jax.random.key(self.config.seed), start, frozen)
@@ -604,13 +604,6 @@ class TokenizerEngine:
       out['recon_grid'] = os.path.join(workdir, 'recon_grid.png')
       save_grid(out['recon_grid'], images, np.asarray(recon))
     return out
-
-
-def _put_replicated(tree: Any, mesh) -> Any:
-  repl = sharding.replicated(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_callback(np.shape(x), repl, lambda idx: np.asarray(x)[idx]),
-      tree)
 
 
 def save_grid(path: str, images: np.ndarray, recon_KBHWC: np.ndarray) -> None:
