@@ -8,6 +8,8 @@ The images are those the config's `data` section names; the tokenizer is `config
 every process of a job (or with --process_index/--process_count by hand) to split the work; run it again
 with the same --out to resume. Train on the result with `data.name='tokens'`, `data.path=DIR`.
 """
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -81,9 +83,13 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None or not _OUT.value:
     raise app.UsageError('--config and --out are required')
-  counts = tokenize(_CONFIG.value, _OUT.value, split=_SPLIT.value, num_crops=_NUM_CROPS.value,
-                    flip=_FLIP.value, batch_size=_BATCH_SIZE.value, chunk_size=_CHUNK_SIZE.value,
-                    seed=_SEED.value, process_index=_PROCESS_INDEX.value, process_count=_PROCESS_COUNT.value)
+  try:
+    counts = tokenize(_CONFIG.value, _OUT.value, split=_SPLIT.value, num_crops=_NUM_CROPS.value,
+                      flip=_FLIP.value, batch_size=_BATCH_SIZE.value, chunk_size=_CHUNK_SIZE.value,
+                      seed=_SEED.value, process_index=_PROCESS_INDEX.value,
+                      process_count=_PROCESS_COUNT.value)
+  except ValueError as e:  # Our one-line errors (bad path, split, tokenizer) need no traceback.
+    sys.exit(f'var_jax.tokenize: error: {e}')
   logging.info('tokenize: %s', counts)
   print(f'tokenize: {counts}')
 

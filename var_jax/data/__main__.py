@@ -6,6 +6,8 @@ Builds `synthetic_shapes` or an `image_folder`, or prepares a TFDS dataset (Imag
 as ArrayRecord under data.data_dir. On a cluster, run it once before launching so that the processes of a
 job do not all build the same files.
 """
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -19,7 +21,10 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config who
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  builder = sources.prepare(_CONFIG.value.data)
+  try:
+    builder = sources.prepare(_CONFIG.value.data)
+  except ValueError as e:  # Our one-line errors (missing manual dir, unknown name, ...) need no traceback.
+    sys.exit(f'var_jax.data: error: {e}')
   for name, split in builder.info.splits.items():
     logging.info('%s: split %s has %d examples', builder.data_dir, name, split.num_examples)
   print(builder.data_dir)
