@@ -53,7 +53,19 @@ def random_tokenizer_params(tokenizer: nn.Module, image_size: int, seed: int) ->
   return jax.device_get(init(jax.random.key(seed)))
 
 
-class Engine:
+class RunRng:
+  """The run's base PRNG key: on the host for checkpoints, replicated on `self.mesh` for the steps."""
+
+  def set_rng(self, key_data) -> None:
+    """The run's base key (raw key data, e.g. from a checkpoint); step keys fold in the step."""
+    self._rng_host = np.asarray(key_data, np.uint32)
+    self.rng_data = sharding.put_replicated(self._rng_host, self.mesh)
+
+  def rng_list(self) -> list[int]:
+    return self._rng_host.tolist()
+
+
+class Engine(RunRng):
   """Compiled, sharded training functions for one resolved config on one mesh."""
 
   def __init__(self, config: Any, devices=None):
@@ -70,14 +82,6 @@ class Engine:
     self._build_shardings()
     self.set_rng(jax.random.key_data(jax.random.key(config.seed)))
     self._compiled = {}
-
-  def set_rng(self, key_data) -> None:
-    """The run's base key (raw key data, e.g. from a checkpoint); step keys fold in the step."""
-    self._rng_host = np.asarray(key_data, np.uint32)
-    self.rng_data = sharding.put_replicated(self._rng_host, self.mesh)
-
-  def rng_list(self) -> list[int]:
-    return self._rng_host.tolist()
 
   # ---- construction -------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from var_jax.models import resize
 from var_jax.models import tokenizer as tokenizer_lib
 from var_jax.train import codebook
 from var_jax.train import config as config_lib
+from var_jax.train import engine as engine_lib
 from var_jax.train import image_metrics
 from var_jax.train import state as state_lib
 
@@ -418,7 +419,7 @@ def eval_step(state: TokenizerState, batch: dict, *, vae: tokenizer_lib.VQVAE,
 # ============================================================================== engine
 
 
-class TokenizerEngine:
+class TokenizerEngine(engine_lib.RunRng):
   """Compiled, sharded tokenizer-training functions: the interface `loop.train` drives."""
 
   def __init__(self, config: Any, devices=None):
@@ -458,14 +459,6 @@ class TokenizerEngine:
     self.state_shardings = jax.tree.map(lambda _: self.replicated, abstract)
     self.abstract = abstract
     self._compiled = {}
-
-  def set_rng(self, key_data) -> None:
-    """The run's base key (raw key data, e.g. from a checkpoint); step keys fold in the step."""
-    self._rng_host = np.asarray(key_data, np.uint32)
-    self.rng_data = sharding.put_replicated(self._rng_host, self.mesh)
-
-  def rng_list(self) -> list[int]:
-    return self._rng_host.tolist()
 
   # ---- construction -------------------------------------------------------------------------
 
