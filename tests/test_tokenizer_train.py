@@ -202,7 +202,8 @@ def test_bad_config_is_one_clear_error(overrides, message):
 # ---------------------------------------------------------------------------- the real CLI
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI_STEPS = 10
+# Long enough that the kill after step 4 lands mid-run even when steps take milliseconds.
+CLI_STEPS = 30
 
 
 def _start(workdir, data_dir):
@@ -235,16 +236,20 @@ def test_resume_after_kill_continues_exactly_and_exports(tmp_path):
   reference = _start(ref_dir, data_dir)
   proc = _start(run_dir, data_dir)
   deadline = time.time() + 900
-  while not any(r['step'] >= 4 for r in _records(run_dir)):  # checkpoint at 3, killed after 4
+  # Killed once step 4 is logged and the step-3 checkpoint is complete (orbax renames it into place).
+  while not (any(r['step'] >= 4 for r in _records(run_dir))
+             and os.path.isdir(os.path.join(run_dir, 'checkpoints', '3'))):
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     assert time.time() < deadline, 'no step 4 logged'
-    time.sleep(0.2)
+    time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   proc = _start(run_dir, data_dir)
-  for p in (proc, reference):
-    _, err = p.communicate(timeout=900)
-    assert p.returncode == 0, err[-3000:]
+  errs = {}
+  for name, p in (('resumed', proc), ('reference', reference)):
+    _, errs[name] = p.communicate(timeout=900)
+    assert p.returncode == 0, errs[name][-3000:]
+  assert 'resumed from' in errs['resumed']  # the kill landed mid-run, so this really resumed
   want, got = _records(ref_dir), _records(run_dir)
   assert [r['step'] for r in got] == list(range(1, CLI_STEPS + 1))
   for key in ('loss', 'rec_loss', 'vq_loss', 'psnr', 'grad_norm', 'usage_scale_0', 'usage_scale_3',

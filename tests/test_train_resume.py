@@ -15,7 +15,8 @@ import jax
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 10
+# Long enough that a SIGTERM sent after step 5 lands mid-run even when steps take milliseconds.
+STEPS = 40
 COMMON = [f'--config.steps={STEPS}', '--config.log.every_steps=1', '--config.checkpoint.every_steps=3',
           '--config.checkpoint.keep=3', '--config.eval.every_steps=100', '--config.eval.batches=1']
 
@@ -43,7 +44,7 @@ def _wait_for(proc, log, condition, timeout=900):
     if condition(pathlib.Path(log).read_text()):
       return
     assert proc.poll() is None, pathlib.Path(log).read_text()[-3000:]
-    time.sleep(0.2)
+    time.sleep(0.05)
   pytest.fail(f'timed out waiting on {log}')
 
 
@@ -64,14 +65,14 @@ def test_kill_sigterm_corrupt_and_resume_match_an_uninterrupted_run(tmp_path):
   # 1. SIGKILL once step 4 is logged and the step-3 checkpoint is complete.
   log = tmp_path / 'run1.log'
   proc = _start(run_dir, log)
-  _wait_for(proc, log, lambda text: 'step 4/10' in text and 3 in _steps(run_dir))
+  _wait_for(proc, log, lambda text: f'step 4/{STEPS}' in text and 3 in _steps(run_dir))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
 
   # 2. Restart: resumes from 3; SIGTERM mid-way saves the step it is on and exits cleanly.
   log = tmp_path / 'run2.log'
   proc = _start(run_dir, log)
-  _wait_for(proc, log, lambda text: 'step 5/10' in text)
+  _wait_for(proc, log, lambda text: f'step 5/{STEPS}' in text)
   proc.send_signal(signal.SIGTERM)
   rc, out = _finish(proc, log)
   assert rc == 0, out[-3000:]
