@@ -23,6 +23,17 @@ def _random_state_dict(vae, seed=0):
   return convert.vae_to_state_dict(params, vae)
 
 
+def _assert_same_pth(torch, original_path, back_path):
+  """The two .pth state dicts hold the same keys, dtypes, shapes and values, bit for bit; returns the first."""
+  original = torch.load(original_path, map_location='cpu', weights_only=True)
+  back = torch.load(back_path, map_location='cpu', weights_only=True)
+  assert sorted(back) == sorted(original)
+  for key, value in original.items():
+    assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
+    assert torch.equal(back[key], value), key
+  return original
+
+
 def test_pth_to_flax_to_pth_is_identical(fixture_a, tmp_path):
   torch = pytest.importorskip('torch', reason='torch is not installed: cannot read vae.pth')
   cfg = json.loads((fixture_a / 'config.json').read_text())
@@ -33,12 +44,7 @@ def test_pth_to_flax_to_pth_is_identical(fixture_a, tmp_path):
       convert.read_state_dict(str(fixture_a / 'vae.pth')), vae)
   out = tmp_path / 'back.pth'
   convert.write_state_dict(str(out), convert.vae_to_state_dict(params, vae, buffers))
-  original = torch.load(fixture_a / 'vae.pth', map_location='cpu', weights_only=True)
-  back = torch.load(out, map_location='cpu', weights_only=True)
-  assert sorted(back) == sorted(original)
-  for key, value in original.items():
-    assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
-    assert torch.equal(back[key], value), key
+  original = _assert_same_pth(torch, fixture_a / 'vae.pth', out)
   # The .npz twin of the fixture holds the same tensors.
   npz = convert.read_state_dict(str(fixture_a / 'vae_state.npz'))
   assert sorted(npz) == sorted(original)
@@ -180,12 +186,7 @@ def test_var_pth_to_flax_to_pth_is_identical(fixture_a, tmp_path):
   assert (model.depth, model.embed_dim, model.num_heads, model.patch_nums) == (2, 128, 2, (1, 2, 3, 4))
   out = tmp_path / 'back.pth'
   convert.write_state_dict(str(out), convert.var_to_state_dict(params, model))
-  original = torch.load(fixture_a / 'var.pth', map_location='cpu', weights_only=True)
-  back = torch.load(out, map_location='cpu', weights_only=True)
-  assert sorted(back) == sorted(original)
-  for key, value in original.items():
-    assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
-    assert torch.equal(back[key], value), key
+  _assert_same_pth(torch, fixture_a / 'var.pth', out)
 
 
 @pytest.mark.parametrize('name', sorted(VAR_VARIANTS))
