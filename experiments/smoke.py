@@ -11,7 +11,7 @@ PATCH_NUMS = (1, 2, 3, 4)
 def get_config(arg=None):
   if arg not in (None, '', 'tokens'):
     raise ValueError(f'experiments/smoke.py: unknown argument {arg!r}; expected nothing or "tokens"')
-  c = config_lib.base_config(with_datasets=arg != 'tokens')
+  c = config_lib.base_config('var')
   c.seed = 0
   c.steps = 20
   c.batch_size = 8
@@ -30,7 +30,9 @@ def get_config(arg=None):
   c.log.every_steps = 5
   c.eval.update(dict(every_steps=10, batches=2))
 
-  if arg != 'tokens':
+  if arg == 'tokens':
+    c.data.name = 'synthetic_tokens'
+  else:
     c.data.update(dict(name='synthetic_shapes', image_size=32, num_train=2048, num_eval=256,
                        num_threads=1, prefetch=1, worker_count=0))
   return c

@@ -10,11 +10,11 @@ an LPIPS perceptual loss (give the VGG16/LPIPS weights as an .npz with
 the adaptive weight, switched on after 20k steps. Dead codes restart every 1000 steps.
 `:no_perceptual` drops the perceptual loss (for runs without the weights file).
 """
-from var_jax.train import tokenizer_task
+from var_jax.train import config as config_lib
 
 
 def get_config(arg=None):
-  c = tokenizer_task.base_config()
+  c = config_lib.base_config('tokenizer')
   c.seed = 0
   c.steps = 200_000
   c.batch_size = 256

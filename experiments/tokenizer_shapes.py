@@ -12,13 +12,13 @@ and `recon_grid.png` (inputs, then reconstructions from the first 1..8 scales).
 `:demo` is the demo's smaller tokenizer (32px, 4x4 latents, scales 1..4, 64 codes of 8 channels, matching
 experiments/shapes_scaling.py); `:test` is a 16px miniature for tests.
 """
-from var_jax.train import tokenizer_task
+from var_jax.train import config as config_lib
 
 PATCH_NUMS = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 def get_config(arg=None):
-  c = tokenizer_task.base_config()
+  c = config_lib.base_config('tokenizer')
   c.seed = 0
   c.steps = 600
   c.batch_size = 8

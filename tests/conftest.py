@@ -24,3 +24,19 @@ def parity_root() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def fixture_a(parity_root) -> pathlib.Path:
   return parity_root / "A"
+
+
+@pytest.fixture(scope="session")
+def fixture_a_data(fixture_a):
+  """Fixture A read through the one fixture reader (`var_jax.weights.fixture`): config, models, weights."""
+  from var_jax.weights import fixture  # pylint: disable=g-import-not-at-top
+  return fixture.Fixture.load(str(fixture_a))
+
+
+def load_experiment(name: str, arg=None):
+  """`experiments/NAME.py`'s get_config(arg), loaded as the trainer loads a config file."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

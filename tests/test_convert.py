@@ -8,8 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from var_jax import convert
 from var_jax.models import tokenizer
+from var_jax.weights import fixture
+from var_jax.weights import state_dict as sd
+from var_jax.weights import var as var_weights
+from var_jax.weights import vqvae
 
 TINY = dict(vocab_size=16, z_channels=4, ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4,
             patch_nums=(1, 2, 4))
@@ -19,8 +22,8 @@ def _random_state_dict(vae, seed=0):
   """An official-layout state dict for `vae` with random values."""
   rng = np.random.RandomState(seed)
   params = jax.tree_util.tree_map(lambda s: rng.randn(*s.shape).astype(np.float32),
-                                  convert.vae_param_shapes(vae))
-  return convert.vae_to_state_dict(params, vae)
+                                  vqvae.param_shapes(vae))
+  return vqvae.to_state_dict(params, vae)
 
 
 def _assert_same_pth(torch, original_path, back_path):
@@ -34,30 +37,25 @@ def _assert_same_pth(torch, original_path, back_path):
   return original
 
 
-def test_pth_to_flax_to_pth_is_identical(fixture_a, tmp_path):
+def test_pth_to_flax_to_pth_is_identical(fixture_a, fixture_a_data, tmp_path):
   torch = pytest.importorskip('torch', reason='torch is not installed: cannot read vae.pth')
-  cfg = json.loads((fixture_a / 'config.json').read_text())
-  vae = tokenizer.VQVAE(vocab_size=cfg['V'], z_channels=cfg['Cvae'], ch=cfg['ch'],
-                        share_quant_resi=cfg['share_quant_resi'],
-                        patch_nums=tuple(cfg['patch_nums']))
-  params, buffers = convert.vae_from_state_dict(
-      convert.read_state_dict(str(fixture_a / 'vae.pth')), vae)
+  vae, _ = fixture_a_data.tokenizer()
+  params, buffers = vqvae.from_state_dict(
+      sd.read_state_dict(str(fixture_a / 'vae.pth')), vae)
   out = tmp_path / 'back.pth'
-  convert.write_state_dict(str(out), convert.vae_to_state_dict(params, vae, buffers))
+  sd.write_state_dict(str(out), vqvae.to_state_dict(params, vae, buffers))
   original = _assert_same_pth(torch, fixture_a / 'vae.pth', out)
   # The .npz twin of the fixture holds the same tensors.
-  npz = convert.read_state_dict(str(fixture_a / 'vae_state.npz'))
+  npz = sd.read_state_dict(str(fixture_a / 'vae_state.npz'))
   assert sorted(npz) == sorted(original)
   for key, value in npz.items():
     np.testing.assert_array_equal(value, original[key].numpy())
 
 
-def test_layouts_conv_oihw_and_codebook(fixture_a):
-  state = convert.read_state_dict(str(fixture_a / 'vae_state.npz'))
-  cfg = json.loads((fixture_a / 'config.json').read_text())
-  vae = tokenizer.VQVAE(vocab_size=cfg['V'], z_channels=cfg['Cvae'], ch=cfg['ch'],
-                        patch_nums=tuple(cfg['patch_nums']))
-  params, _ = convert.vae_from_state_dict(state, vae)
+def test_layouts_conv_oihw_and_codebook(fixture_a, fixture_a_data):
+  state = sd.read_state_dict(str(fixture_a / 'vae_state.npz'))
+  vae, _ = fixture_a_data.tokenizer()
+  params, _ = vqvae.from_state_dict(state, vae)
   w = state['encoder.conv_in.weight']  # (out, in, kh, kw)
   np.testing.assert_array_equal(params['encoder']['conv_in']['kernel'][1, 2, 0, 5], w[5, 0, 1, 2])
   np.testing.assert_array_equal(params['quantize']['embedding']['embedding'],
@@ -86,7 +84,7 @@ def test_bad_keys_are_listed_in_one_error():
   state['encoder.extra.weight'] = np.zeros(3, np.float32)
   state['encoder.conv_in.weight'] = np.zeros((8, 3, 1, 1), np.float32)
   with pytest.raises(ValueError) as e:
-    convert.vae_from_state_dict(state, vae, what='bad.npz')
+    vqvae.from_state_dict(state, vae, what='bad.npz')
   msg = str(e.value)
   assert msg.startswith('bad.npz does not match the model')
   assert 'missing: decoder.conv_out.bias' in msg
@@ -99,43 +97,41 @@ def test_pth_without_torch_says_what_to_do(tmp_path, monkeypatch):
   path.write_bytes(b'')
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` now fails
   with pytest.raises(ImportError, match=r"needs torch: install the torch extra .* use a \.npz"):
-    convert.read_state_dict(str(path))
+    sd.read_state_dict(str(path))
 
 
 def test_tokenizer_directory_round_trip_and_fingerprint(tmp_path):
   vae = tokenizer.VQVAE(**TINY, using_znorm=True, share_quant_resi=0)
   state = _random_state_dict(vae, seed=3)
-  params, buffers = convert.vae_from_state_dict(state, vae)
-  convert.save_tokenizer(str(tmp_path / 'tok'), vae, params, buffers)
-  loaded_vae, loaded = convert.load_tokenizer(str(tmp_path / 'tok'))
+  params, buffers = vqvae.from_state_dict(state, vae)
+  vqvae.save(str(tmp_path / 'tok'), vae, params, buffers)
+  loaded_vae, loaded = vqvae.load(str(tmp_path / 'tok'))
   assert loaded_vae == vae
-  assert convert.fingerprint(loaded) == convert.fingerprint(params)
+  assert sd.fingerprint(loaded) == sd.fingerprint(params)
   loaded['quantize']['embedding']['embedding'][0, 0] += 1e-3
-  assert convert.fingerprint(loaded) != convert.fingerprint(params)
+  assert sd.fingerprint(loaded) != sd.fingerprint(params)
 
 
 def test_tokenizer_directory_with_unknown_config_key(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({'vocab_sise': 10}))
   with pytest.raises(ValueError, match=r"unknown VQVAE attributes \['vocab_sise'\]"):
-    convert.load_tokenizer(str(tmp_path))
+    vqvae.load(str(tmp_path))
 
 
 def test_cli_converts_pth_to_directory_and_back(fixture_a, tmp_path):
   pytest.importorskip('torch', reason='torch is not installed: cannot read vae.pth')
   cfg = json.loads((fixture_a / 'config.json').read_text())
-  tok_cfg = json.dumps(dict(vocab_size=cfg['V'], z_channels=cfg['Cvae'], ch=cfg['ch'],
-                            share_quant_resi=cfg['share_quant_resi'],
-                            patch_nums=cfg['patch_nums']))
+  tok_cfg = json.dumps(fixture.vae_attributes(cfg))
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   cmd = [sys.executable, '-m', 'var_jax.convert', f'--src={fixture_a / "vae.pth"}',
          f'--dst={tmp_path / "tok"}', f'--tokenizer_config={tok_cfg}']
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'fingerprint' in proc.stdout
-  vae, params = convert.load_tokenizer(str(tmp_path / 'tok'))
+  vae, params = vqvae.load(str(tmp_path / 'tok'))
   assert vae.patch_nums == tuple(cfg['patch_nums']) and vae.vocab_size == cfg['V']
-  original = convert.read_state_dict(str(fixture_a / 'vae_state.npz'))
-  written = convert.read_state_dict(str(tmp_path / 'tok' / 'vae_state.npz'))
+  original = sd.read_state_dict(str(fixture_a / 'vae_state.npz'))
+  written = sd.read_state_dict(str(tmp_path / 'tok' / 'vae_state.npz'))
   assert sorted(written) == sorted(original)
   for key, value in original.items():
     np.testing.assert_array_equal(written[key], value, err_msg=key)
@@ -147,7 +143,7 @@ def test_cli_converts_pth_to_directory_and_back(fixture_a, tmp_path):
 def test_keymap_linear_transpose_and_raw_parameters():
   # The generic mechanism other models build on: Linear (out, in) <-> kernel (in, out),
   # and raw parameters keep their names.
-  keymap = convert.KeyMap(rules=((r'blocks_(\d+)', r'blocks.\1'),),
+  keymap = sd.KeyMap(rules=((r'blocks_(\d+)', r'blocks.\1'),),
                           buffers={'lvl': lambda: np.arange(3)})
   template = {'blocks_1': {'fc': {'kernel': jax.ShapeDtypeStruct((3, 5), np.float32),
                                   'bias': jax.ShapeDtypeStruct((5,), np.float32)}},
@@ -155,10 +151,10 @@ def test_keymap_linear_transpose_and_raw_parameters():
   linear = np.arange(15, dtype=np.float32).reshape(5, 3)
   state = {'blocks.1.fc.weight': linear, 'blocks.1.fc.bias': np.ones(5, np.float32),
            'pos_start': np.zeros((1, 2), np.float32)}
-  params, buffers = convert.state_dict_to_params(state, template, keymap, 'var.npz')
+  params, buffers = sd.state_dict_to_params(state, template, keymap, 'var.npz')
   np.testing.assert_array_equal(params['blocks_1']['fc']['kernel'], linear.T)
   np.testing.assert_array_equal(buffers['lvl'], np.arange(3))  # absent -> default
-  back = convert.params_to_state_dict(params, keymap, buffers)
+  back = sd.params_to_state_dict(params, keymap, buffers)
   assert sorted(back) == sorted([*state, 'lvl'])
   np.testing.assert_array_equal(back['blocks.1.fc.weight'], linear)
 
@@ -182,10 +178,10 @@ def _random_var_params(model, seed=0):
 
 def test_var_pth_to_flax_to_pth_is_identical(fixture_a, tmp_path):
   torch = pytest.importorskip('torch', reason='torch is not installed: cannot read var.pth')
-  model, params = convert.load_var(str(fixture_a / 'var.pth'))
+  model, params = var_weights.load(str(fixture_a / 'var.pth'))
   assert (model.depth, model.embed_dim, model.num_heads, model.patch_nums) == (2, 128, 2, (1, 2, 3, 4))
   out = tmp_path / 'back.pth'
-  convert.write_state_dict(str(out), convert.var_to_state_dict(params, model))
+  sd.write_state_dict(str(out), var_weights.to_state_dict(params, model))
   _assert_same_pth(torch, fixture_a / 'var.pth', out)
 
 
@@ -194,44 +190,44 @@ def test_var_round_trip_variants(name):
   from var_jax.models import var as var_lib
   model = var_lib.VAR(**VAR_TINY, **VAR_VARIANTS[name])
   params = _random_var_params(model, seed=7)
-  state = convert.var_to_state_dict(params, model)
+  state = var_weights.to_state_dict(params, model)
   assert ('shared_ada_lin.1.weight' in state) == model.shared_aln
   assert ('blocks.1.ada_gss' in state) == model.shared_aln
   assert ('blocks.1.ada_lin.1.weight' in state) != model.shared_aln
   assert ('blocks.0.attn.scale_mul_1H11' in state) == model.attn_l2_norm
   assert state['blocks.1.attn.mat_qkv.weight'].shape == (3 * 32, 32)
-  cfg = convert.var_config_from_state_dict(state)
+  cfg = var_weights.config_from_state_dict(state)
   assert (cfg['depth'], cfg['shared_aln'], cfg['attn_l2_norm']) == (2, model.shared_aln,
                                                                     model.attn_l2_norm)
-  back = convert.var_from_state_dict(state, model)
+  back = var_weights.from_state_dict(state, model)
   assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
   unrolled = var_lib.VAR(**VAR_TINY, **VAR_VARIANTS[name], scan_layers=False)
-  assert jax.tree.all(jax.tree.map(np.array_equal, convert.var_from_state_dict(state, unrolled),
+  assert jax.tree.all(jax.tree.map(np.array_equal, var_weights.from_state_dict(state, unrolled),
                                    var_lib.unstack_layers(params)))
 
 
 def test_var_rejects_other_architectures(tmp_path):
   from var_jax.models import var as var_lib
   model = var_lib.VAR(**VAR_TINY)
-  state = convert.var_to_state_dict(_random_var_params(model), model)
+  state = var_weights.to_state_dict(_random_var_params(model), model)
   with pytest.raises(ValueError, match='has depth=2 but the model has depth=3'):
-    convert.var_from_state_dict(state, var_lib.VAR(**dict(VAR_TINY, depth=3)))
+    var_weights.from_state_dict(state, var_lib.VAR(**dict(VAR_TINY, depth=3)))
   with pytest.raises(ValueError, match='per-block AdaLN .* shared_aln=True'):
-    convert.var_from_state_dict(state, var_lib.VAR(**VAR_TINY, shared_aln=True))
+    var_weights.from_state_dict(state, var_lib.VAR(**VAR_TINY, shared_aln=True))
   shared = var_lib.VAR(**VAR_TINY, shared_aln=True)
   with pytest.raises(ValueError, match='shared AdaLN .* shared_aln=False'):
-    convert.var_from_state_dict(convert.var_to_state_dict(_random_var_params(shared), shared), model)
+    var_weights.from_state_dict(var_weights.to_state_dict(_random_var_params(shared), shared), model)
   with pytest.raises(ValueError, match='attn_l2_norm=True but the model has attn_l2_norm=False'):
-    convert.var_from_state_dict(state, var_lib.VAR(**VAR_TINY, attn_l2_norm=False))
+    var_weights.from_state_dict(state, var_lib.VAR(**VAR_TINY, attn_l2_norm=False))
   path = tmp_path / 'vae_like.npz'
   np.savez(path, **{'encoder.conv_in.weight': np.zeros((1, 1, 3, 3), np.float32)})
   with pytest.raises(ValueError, match='vae_like.npz: not an official VAR state dict'):
-    convert.load_var(str(path))
+    var_weights.load(str(path))
 
 
 def test_convert_var_writes_npz(fixture_a, tmp_path):
   dst = tmp_path / 'var.npz'
-  convert.convert_var(str(fixture_a / 'var_state.npz'), str(dst))
+  var_weights.convert(str(fixture_a / 'var_state.npz'), str(dst))
   want, got = np.load(fixture_a / 'var_state.npz'), np.load(dst)
   assert sorted(got.files) == sorted(want.files)
   for key in want.files:

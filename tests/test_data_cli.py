@@ -16,7 +16,7 @@ def test_missing_manual_dir_is_one_line_naming_the_path(tmp_path):
   assert res.returncode != 0
   assert 'Traceback' not in res.stderr
   last = res.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"var_jax.data: error: data.manual_dir: '{tmp_path / 'empty'}' is missing or empty")
+  assert last.startswith(f"var-data: error: data.manual_dir: '{tmp_path / 'empty'}' is missing or empty")
   assert 'ILSVRC2012_img_train.tar' in last
 
 
@@ -25,4 +25,4 @@ def test_tokenize_unknown_dataset_is_one_line(tmp_path):
              f'--config.data.data_dir={tmp_path}', '--config.data.name=no_such_dataset')
   assert res.returncode != 0
   assert 'Traceback' not in res.stderr
-  assert res.stderr.strip().splitlines()[-1].startswith("var_jax.tokenize: error: data.name: 'no_such_dataset'")
+  assert res.stderr.strip().splitlines()[-1].startswith("var-tokenize: error: data.name: 'no_such_dataset'")

@@ -1,7 +1,6 @@
 """`make demo` end to end at a reduced size: every stage runs, the report holds numbers, reruns reuse."""
 import json
 import math
-import pathlib
 import re
 import subprocess
 import sys

@@ -9,6 +9,7 @@ from conftest import REPO, SHARED
 import numpy as np
 import pytest
 
+from var_jax import errors
 from var_jax.scaling import fit
 
 CHINCHILLA_CSV = SHARED / 'data' / 'chinchilla_fig4_epoch_extracted.csv'
@@ -106,7 +107,7 @@ def test_too_few_points_is_a_clear_error():
 
 
 def test_missing_results_csv_names_the_fix(tmp_path):
-  with pytest.raises(FileNotFoundError, match='aggregate-only'):
+  with pytest.raises(errors.ConfigError, match='aggregate_only'):
     fit.load_table(str(tmp_path))
 
 
@@ -118,7 +119,7 @@ def test_cli_writes_fit_json(tmp_path):
     for d in (2, 4, 6, 8):
       w.writerow([f'd{d}', 1e6 * d ** 3, 1e12 * d ** 4, 4 * d ** -0.25, 'done'])
   out = tmp_path / 'fit.json'
-  subprocess.run([sys.executable, '-m', 'var_jax.scaling.fit', f'--input={tmp_path}', '--law=power',
+  subprocess.run([sys.executable, '-m', 'var_jax.fit', f'--input={tmp_path}', '--law=power',
                   '--x=flops', f'--out={out}', '--bootstrap=50'], check=True, cwd=REPO)
   result = json.loads(out.read_text())
   assert result['alpha'] == pytest.approx(-0.0625, rel=1e-6) and result['r'] == pytest.approx(-1.0)

@@ -58,11 +58,29 @@ def test_tpu_pod_rejects_unknown_flag():
 
 
 def test_slurm_dry_run_prints_one_srun_per_job():
-  res = _run("slurm.sbatch", "--dry-run", "--config=experiments/smoke.py", "--workdir=/scratch/run 1")
+  res = _run("slurm.sbatch", "--dry-run", "--", "python", "-m", "var_jax.train", "--config=experiments/smoke.py",
+             "--workdir=/scratch/run 1")
   assert res.returncode == 0, res.stderr
   cmd = shlex.split(res.stdout)
   assert cmd[:2] == ["srun", "--kill-on-bad-exit=1"]
   assert cmd[3:] == ["-m", "var_jax.train", "--config=experiments/smoke.py", "--workdir=/scratch/run 1"]
+
+
+def test_local_dry_run_gives_each_process_its_coordinator_flags():
+  res = _run("local.sh", "--devices", "3", "--port", "4321", "--dry-run", "2", "--", "python", "-m",
+             "var_jax.train", "--workdir=/tmp/run 1")
+  assert res.returncode == 0, res.stderr
+  lines = [shlex.split(l) for l in res.stdout.strip().splitlines()]
+  assert len(lines) == 2
+  for i, cmd in enumerate(lines):
+    assert cmd[:3] == ["env", "JAX_PLATFORMS=cpu", "XLA_FLAGS=--xla_force_host_platform_device_count=3"]
+    assert cmd[3:] == ["python", "-m", "var_jax.train", "--workdir=/tmp/run 1", "--coordinator_address=127.0.0.1:4321",
+                       "--num_processes=2", f"--process_id={i}"]
+
+
+def test_local_job_exits_with_the_failing_process_status():
+  res = _run("local.sh", "2", "--", "bash", "-c", 'exit $(( ${2#--process_id=} ? 3 : 0 ))')
+  assert res.returncode == 3, res.stderr
 
 
 def test_slurm_header_asks_for_one_task_per_gpu_and_a_term_signal():

@@ -3,7 +3,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -28,7 +27,7 @@ def _official_lr(sche, peak, cur_it, wp_it, max_it, wp0, wpe):
 
 
 def _optim(**kw):
-  o = config_lib.base_config(with_datasets=False).optim
+  o = config_lib.base_config().optim
   o.update(kw)
   return o
 
@@ -45,7 +44,8 @@ def test_lr_schedule_matches_official(sche):
 
 
 def test_resolved_defaults_follow_the_official_recipe():
-  c = config_lib.base_config(with_datasets=False)
+  c = config_lib.base_config()
+  c.data.name = 'synthetic_tokens'
   c.model.update(dict(depth=2, vocab_size=16, cvae=4, patch_nums=(1, 2), num_classes=3))
   c.tokenizer.update(dict(vocab_size=16, z_channels=4, patch_nums=(1, 2)))
   c.steps, c.batch_size = 1000, 768

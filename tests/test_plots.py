@@ -1,6 +1,7 @@
 """Scaling plots and the Markdown report written from a sweep folder."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -32,7 +33,8 @@ def _assert_figure(path_png):
 def sweep_root(tmp_path_factory):
   """Four finished runs (depths 1-4) whose final loss is exactly 10 N^-0.1, and one failed run."""
   root = str(tmp_path_factory.mktemp('sweep'))
-  base = config_lib.base_config(with_datasets=False)
+  base = config_lib.base_config()
+  base.data.name = 'synthetic_tokens'
   base.model.update(MODEL)
   base.steps = 4
   c = ml_collections.ConfigDict(dict(base=base))
@@ -71,7 +73,7 @@ def test_report_has_table_fits_and_plots(sweep_root):
   assert '| L = (beta X)^alpha | loss | params | -0.1 [' in text
   assert 'chinchilla' in text and 'not fitted' in text  # one token budget only: said, not hidden
   for name in ('loss_vs_compute', 'loss_vs_params', 'residuals_params'):
-    assert f'![' in text and f'({name}.png)' in text
+    assert re.search(rf'^!\[[^\]]*\]\({name}\.png\)$', text, re.M), name  # an image line, not a mention
     _assert_figure(os.path.join(sweep_root, 'report', f'{name}.png'))
 
 
@@ -88,7 +90,7 @@ def test_loss_vs_compute_frontier_comes_from_every_eval_point(sweep_root):
 
 def test_fit_cli_plot(sweep_root, tmp_path):
   out = tmp_path / 'fit.json'
-  subprocess.run([sys.executable, '-m', 'var_jax.scaling.fit', f'--input={sweep_root}', '--law=power',
+  subprocess.run([sys.executable, '-m', 'var_jax.fit', f'--input={sweep_root}', '--law=power',
                   '--x=params', '--y=loss_last_scale', f'--out={out}', f'--plot={tmp_path / "fig.png"}',
                   '--bootstrap=20'], cwd=REPO, check=True, capture_output=True)
   assert json.loads(out.read_text())['alpha'] == pytest.approx(-0.1, abs=1e-9)

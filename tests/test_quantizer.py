@@ -121,11 +121,6 @@ def test_straight_through_forward_value_identity_gradient():
   np.testing.assert_array_equal(g, f)
 
 
-def test_codebook_usage():
-  idx = [jnp.array([[0, 0]]), jnp.array([[1, 2, 3, 3]])]
-  np.testing.assert_allclose(quantizer.codebook_usage(idx, 8), [1 / 8, 3 / 8])
-
-
 def test_index_maps_are_validated():
   codes = jnp.zeros((4, 2))
   with pytest.raises(ValueError, match='expected 3 index maps'):

@@ -1,12 +1,13 @@
 """The sampling CLI: batching with padding, the grid layout, files written, usage errors."""
-import json
 
-from absl import app
-from absl import flags
-import jax
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from var_jax import errors
 from var_jax import sample
 
 
@@ -37,24 +38,22 @@ def test_sample_batches_pads_the_last_batch():
   assert out[-1][1].shape == (1, 2, 2, 3)
 
 
-def _main(*argv):
-  flags.FLAGS.unparse_flags()
-  flags.FLAGS(['sample', *argv])
-  return sample.main(['sample'])
-
-
 @pytest.mark.parametrize('argv, message', [
     ((), 'exactly one of --var'),
     (('--var=a.pth',), '--var needs --tokenizer'),
     (('--workdir=w', '--cfg=-1'), '--cfg must be >= 0'),
     (('--workdir=w', '--classes=a,b'), '--classes must be integers'),
     (('--workdir=w', '--batch_size=0'), 'must be positive'),
+    (('--workdir=/nonexistent/run',), 'not a training workdir'),
 ])
-def test_usage_errors(argv, message):
-  with pytest.raises(app.UsageError, match=message):
-    _main(*argv)
+def test_usage_errors_are_one_line_with_exit_code_2(argv, message):
+  proc = subprocess.run([sys.executable, '-m', 'var_jax.sample', *argv], capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == errors.ConfigError.exit_code, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no help text, no traceback
+  assert proc.stderr.startswith('var-sample: error: ') and message in proc.stderr
 
 
 def test_not_a_workdir(tmp_path):
-  with pytest.raises(ValueError, match='not a training workdir'):
-    sample.load_workdir(str(tmp_path))
+  with pytest.raises(errors.ConfigError, match='not a training workdir'):
+    sample.load_models(workdir=str(tmp_path))

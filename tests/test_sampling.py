@@ -6,23 +6,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from var_jax import convert
 from var_jax.models import sampling
-from var_jax.models.tokenizer import VQVAE
 from var_jax.models.var import VAR
+from var_jax.weights import var as var_weights
 
 
 @pytest.fixture(scope='module')
-def models(fixture_a):
+def models(fixture_a, fixture_a_data):
   """(var, var params, vae, vae params, expected) for fixture A."""
-  import json
-  cfg = json.loads((fixture_a / 'config.json').read_text())
   state = dict(np.load(fixture_a / 'var_state.npz'))
-  var = VAR(**convert.var_config_from_state_dict(state))
-  vae = VQVAE(vocab_size=cfg['V'], z_channels=cfg['Cvae'], ch=cfg['ch'],
-              share_quant_resi=cfg['share_quant_resi'], patch_nums=tuple(cfg['patch_nums']))
-  vae_params, _ = convert.vae_from_state_dict(dict(np.load(fixture_a / 'vae_state.npz')), vae)
-  return var, convert.var_from_state_dict(state, var), vae, vae_params, np.load(fixture_a / 'expected.npz'), cfg
+  var = VAR(**var_weights.config_from_state_dict(state))
+  vae, vae_params = fixture_a_data.tokenizer()
+  return (var, var_weights.from_state_dict(state, var), vae, vae_params, fixture_a_data.expected,
+          fixture_a_data.config)
 
 
 @pytest.fixture(scope='module')

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 from conftest import REPO
+from conftest import load_experiment
 import ml_collections
 import pytest
 
@@ -42,7 +43,8 @@ FAKE_TRAINER = textwrap.dedent('''
 
 
 def _sweep_config(depths=(1, 2, 3), steps=(3,)):
-  base = config_lib.base_config(with_datasets=False)
+  base = config_lib.base_config()
+  base.data.name = 'synthetic_tokens'
   base.batch_size = 4
   base.model.update(dict(vocab_size=16, cvae=4, patch_nums=(1, 2), num_classes=3))
   base.tokenizer.update(dict(vocab_size=16, z_channels=4, patch_nums=(1, 2)))
@@ -168,7 +170,8 @@ def test_cli_print_launcher_and_aggregate_only(tmp_path):
       from var_jax.train import config as config_lib
       def get_config(arg=None):
         c = ml_collections.ConfigDict()
-        c.base = config_lib.base_config(with_datasets=False)
+        c.base = config_lib.base_config()
+        c.base.data.name = 'synthetic_tokens'
         c.axes = [('model.depth', (2, 4))]
         return c
   '''))
@@ -191,11 +194,7 @@ def test_real_trainer_sweep_with_one_failing_run(tmp_path):
   """Three runs of the real `python -m var_jax.train` (smoke model, in-memory tokens, 2 steps each),
   one with a width its heads do not divide: the other two finish, the failure is recorded with the
   trainer's error, and a second invocation starts nothing."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('smoke', REPO / 'experiments' / 'smoke.py')
-  smoke = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(smoke)
-  base = smoke.get_config('tokens')
+  base = load_experiment('smoke', 'tokens')
   base.steps = 2
   base.log.every_steps = base.eval.every_steps = base.checkpoint.every_steps = 2
   c = ml_collections.ConfigDict(dict(base=base))
@@ -214,16 +213,8 @@ def test_real_trainer_sweep_with_one_failing_run(tmp_path):
   assert logs == {r['run_id']: open(os.path.join(root, r['run_id'], 'train.log')).read() for r in rows}
 
 
-def _experiment(name):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(name, REPO / 'experiments' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_imagenet_sweep_follows_the_paper_sizes_and_official_recipe():
-  runs = sweep.expand(_experiment('var_imagenet_scaling').get_config('/ckpt/vae.pth'))
+  runs = sweep.expand(load_experiment('var_imagenet_scaling', '/ckpt/vae.pth'))
   by_depth = {r.config.model.depth: r.config for r in runs}
   assert sorted(by_depth) == list(range(6, 31, 2))
   d16, d30 = by_depth[16], by_depth[30]
@@ -234,8 +225,7 @@ def test_imagenet_sweep_follows_the_paper_sizes_and_official_recipe():
 
 
 def test_imagenet_sweep_trains_only_the_depths_named_after_the_tokenizer():
-  module = _experiment('var_imagenet_scaling')
-  runs = sweep.expand(module.get_config('/ckpt/vae.pth,16,20'))
+  runs = sweep.expand(load_experiment('var_imagenet_scaling', '/ckpt/vae.pth,16,20'))
   assert [r.config.model.depth for r in runs] == [16, 20]
   with pytest.raises(ValueError, match='must be integers'):
-    module.get_config('/ckpt/vae.pth,sixteen')
+    load_experiment('var_imagenet_scaling', '/ckpt/vae.pth,sixteen')

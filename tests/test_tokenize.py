@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from var_jax import convert
 from var_jax import data
 from var_jax import tokenize
 from var_jax.data import preprocess
 from var_jax.data import sources
 from var_jax.models import tokenizer as tokenizer_lib
+from var_jax.weights import state_dict as sd
+from var_jax.weights import vqvae
 
 VQVAE_KW = dict(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8,
                 share_quant_resi=2, patch_nums=(1, 2, 4))
@@ -30,9 +31,9 @@ def tokenizer_dir(tmp_path_factory):
   """A saved tokenizer with random weights (drawn in numpy: compiling a random init is slow on CPU)."""
   vae = tokenizer_lib.VQVAE(**VQVAE_KW)
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), convert.vae_param_shapes(vae))
+  params = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), vqvae.param_shapes(vae))
   path = str(tmp_path_factory.mktemp('tokenizer') / 'tiny')
-  convert.save_tokenizer(path, vae, params)
+  vqvae.save(path, vae, params)
   return path
 
 
@@ -51,7 +52,7 @@ def config(tmp_path_factory, tokenizer_dir):
 
 @pytest.fixture(scope='module')
 def tokenizer(tokenizer_dir):
-  return convert.load_tokenizer(tokenizer_dir)
+  return vqvae.load(tokenizer_dir)
 
 
 @pytest.fixture(scope='module')
@@ -86,7 +87,7 @@ def test_stored_tokens_equal_encoding_on_the_fly(config, tokenizer, out):
 
 def test_token_dataset_carries_the_tokenizer_identity(tokenizer, out):
   info = data.tokens.read_info(out)
-  assert info['fingerprint'] == convert.fingerprint(tokenizer[1])
+  assert info['fingerprint'] == sd.fingerprint(tokenizer[1])
   assert list(info['patch_nums']) == [1, 2, 4] and info['vocab_size'] == 64
 
 
@@ -94,9 +95,9 @@ def test_training_reads_it_and_another_tokenizer_is_refused(tokenizer, out):
   cfg = data.default_config()
   cfg.name, cfg.path = 'tokens', out
   kw = dict(split='train', global_batch_size=6, seed=0, train=True, process_index=0, process_count=1)
-  batch = next(data.make_loader(cfg, tokenizer_fingerprint=convert.fingerprint(tokenizer[1]), **kw))
+  batch = next(data.make_loader(cfg, tokenizer_fingerprint=sd.fingerprint(tokenizer[1]), **kw))
   assert batch['tokens'].shape == (6, L) and batch['tokens'].dtype == np.int32
-  other = convert.fingerprint(jax.tree.map(lambda x: x + 1, tokenizer[1]))
+  other = sd.fingerprint(jax.tree.map(lambda x: x + 1, tokenizer[1]))
   with pytest.raises(ValueError, match=f"but this run's tokenizer is {other}"):
     data.make_loader(cfg, tokenizer_fingerprint=other, **kw)
 

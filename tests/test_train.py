@@ -1,10 +1,10 @@
 """The sharded engine on 8 fake CPU devices: same losses on every mesh, shard shapes, FLOP counts
 and one-line config errors."""
-import importlib.util
 import pathlib
 import subprocess
 import sys
 
+from conftest import load_experiment
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,10 +18,7 @@ MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
 
 
 def smoke_config(arg=None):
-  spec = importlib.util.spec_from_file_location('smoke', REPO / 'experiments' / 'smoke.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_experiment('smoke', arg)
 
 
 def make_engine(cfg, mesh):
@@ -92,7 +89,7 @@ def test_same_losses_on_every_mesh(sharded_222, image_cfg, batches):
 
 
 def _xla_flops(engine, batch_size):
-  L = sum(p * p for p in engine.patch_nums)
+  L = sum(p * p for p in engine.task.patch_nums)
   batch = {'tokens': jax.ShapeDtypeStruct((batch_size, L), jnp.int32, sharding=engine.batch_sharding),
            'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=engine.batch_sharding)}
   return engine.lower_train_step(engine.abstract_state(), batch).cost_analysis()['flops']

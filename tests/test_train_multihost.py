@@ -31,7 +31,7 @@ def test_two_processes_match_one_process_on_four_devices(tmp_path):
   env = dict(os.environ, PYTHON=sys.executable)
   multi = subprocess.Popen(
       ['bash', str(REPO / 'launch' / 'local.sh'), '--devices', '2', '--port', str(_free_port()),
-       '2', '--', *ARGS, f'--workdir={tmp_path / "multi"}'],
+       '2', '--', sys.executable, '-m', 'var_jax.train', *ARGS, f'--workdir={tmp_path / "multi"}'],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   single = subprocess.Popen(
       [sys.executable, '-m', 'var_jax.train', *ARGS, f'--workdir={tmp_path / "single"}'],

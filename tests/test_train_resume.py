@@ -104,18 +104,16 @@ def test_kill_sigterm_corrupt_and_resume_match_an_uninterrupted_run(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  import importlib.util
+  from conftest import load_experiment
+  from var_jax import errors
   from var_jax.train import loop
-  spec = importlib.util.spec_from_file_location('smoke', REPO / 'experiments' / 'smoke.py')
-  smoke = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(smoke)
-  cfg = smoke.get_config('tokens')
+  cfg = load_experiment('smoke', 'tokens')
   # An lr this large puts params near the float32 limit after one step, so step 2 overflows.
   cfg.optim.update(dict(lr=1e38, warmup_steps=0))
   cfg.update(dict(steps=5))
   cfg.checkpoint.every_steps = 1
   cfg.log.every_steps = 1
-  with pytest.raises(loop.NonFiniteLossError,
+  with pytest.raises(errors.DivergedError,
                      match=r'non-finite loss=.* at step 2; stopping. The last good checkpoint is step 1'):
     loop.train(cfg, str(tmp_path), devices=jax.devices()[:1])
   assert _steps(tmp_path) == [1]

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from var_jax import convert
 from var_jax.models import var as var_lib
 from var_jax.models.var import VAR
+from var_jax.weights import var as var_weights
 
 TINY = dict(vocab_size=32, cvae=8, patch_nums=(1, 2, 3), num_classes=5, depth=2, embed_dim=32,
             num_heads=2, cond_drop_rate=0.0)
@@ -53,8 +53,8 @@ def tiny():
 @pytest.fixture(scope='module')
 def fixture_model(fixture_a):
   state = dict(np.load(fixture_a / 'var_state.npz'))
-  model = VAR(**convert.var_config_from_state_dict(state))
-  return model, convert.var_from_state_dict(state, model), np.load(fixture_a / 'expected.npz')
+  model = VAR(**var_weights.config_from_state_dict(state))
+  return model, var_weights.from_state_dict(state, model), np.load(fixture_a / 'expected.npz')
 
 
 @pytest.mark.parity

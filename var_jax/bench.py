@@ -12,38 +12,42 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from var_jax import cli
+from var_jax import errors
 from var_jax import flops
 from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
 from var_jax.train import perf
 
-_DEPTH = flags.DEFINE_integer('depth', 16, 'VAR depth (width 64 x depth, heads = depth).')
-_BATCH = flags.DEFINE_integer('batch', 8, 'Global batch size.')
-_VOCAB = flags.DEFINE_integer('vocab', 4096, 'Codebook size.')
-_PATCH_NUMS = flags.DEFINE_list('patch-nums', '1,2,3,4,5,6,8,10,13,16', 'Scale sizes.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compiling step).')
-_MESH = flags.DEFINE_list('mesh', '-1,1,1', 'data,fsdp,tensor (-1 fills).')
-_REMAT = flags.DEFINE_string('remat', 'none', 'model.remat_policy.')
-_ATTENTION = flags.DEFINE_string('attention', 'xla', 'model.attention.')
-_PEAK = flags.DEFINE_float('peak-tflops', None, 'Per-device peak TFLOP/s for MFU (default: table).')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
-
+PROG = 'var-bench'
 MODES = ('train', 'sample')
+
+
+def _define_flags() -> None:
+  flags.DEFINE_integer('depth', 16, 'VAR depth (width 64 x depth, heads = depth).')
+  flags.DEFINE_integer('batch', 8, 'Global batch size.')
+  flags.DEFINE_integer('vocab', 4096, 'Codebook size.')
+  flags.DEFINE_list('patch-nums', '1,2,3,4,5,6,8,10,13,16', 'Scale sizes.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
+  flags.DEFINE_integer('steps', 10, 'Timed steps (after one compiling step).')
+  flags.DEFINE_list('mesh', '-1,1,1', 'data,fsdp,tensor (-1 fills).')
+  flags.DEFINE_string('remat', 'none', 'model.remat_policy.')
+  flags.DEFINE_string('attention', 'xla', 'model.attention.')
+  flags.DEFINE_float('peak-tflops', None, 'Per-device peak TFLOP/s for MFU (default: table).')
+  flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
 
 
 def bench_config(*, depth: int, batch: int, vocab: int, patch_nums, dtype: str, steps: int,
                  mesh=(-1, 1, 1), remat: str = 'none', attention: str = 'xla'):
-  """A training config on in-memory random tokens with a tiny random tokenizer."""
-  c = config_lib.base_config(with_datasets=False)
+  """A VAR training config on in-memory random tokens with a tiny random tokenizer."""
+  c = config_lib.base_config('var')
+  c.data.name = 'synthetic_tokens'
   c.steps, c.batch_size = steps + 1, batch
   patch_nums = tuple(int(p) for p in patch_nums)
   c.model.update(dict(depth=depth, vocab_size=vocab, patch_nums=patch_nums, dtype=dtype,
@@ -65,9 +69,9 @@ def _summary(kind, engine, times, compile_s, flops_per_call, tokens_per_call, pe
   tflops_total = flops_per_call / median / 1e12
   return dict(
       mode=kind, device=jax.devices()[0].device_kind, num_devices=n,
-      depth=engine.model_kwargs['depth'], batch=engine.config.batch_size,
-      params=engine.num_params, dtype=engine.model_kwargs['dtype'],
-      patch_nums=list(engine.patch_nums), vocab=engine.model_kwargs['vocab_size'],
+      depth=engine.task.model.depth, batch=engine.config.batch_size,
+      params=engine.num_params, dtype=engine.task.model.dtype,
+      patch_nums=list(engine.task.patch_nums), vocab=engine.task.model.vocab_size,
       step_time_s=median, step_time_min_s=min(times), tokens_per_s=tokens_per_call / median,
       tflops_per_s=tflops_total, mfu=None if peak is None else tflops_total / n / peak,
       compile_time_s=compile_s, peak_bytes=_peak_bytes())
@@ -96,8 +100,8 @@ def bench_sample(engine: engine_lib.Engine, steps: int, peak: float | None) -> d
   """Median wall time of generating one batch (CFG doubles the transformer's batch)."""
   from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
   state = engine.init_state()
-  sampler = sampling.make_sampler(engine.model, engine.tokenizer)
-  labels = np.arange(engine.config.batch_size) % engine.model_kwargs['num_classes']
+  sampler = sampling.make_sampler(engine.task.model, engine.task.tokenizer)
+  labels = np.arange(engine.config.batch_size) % engine.task.model.num_classes
   rng = jax.random.key(0)
   start = time.perf_counter()
   jax.block_until_ready(sampler(state.params, state.frozen, labels, rng))
@@ -108,26 +112,21 @@ def bench_sample(engine: engine_lib.Engine, steps: int, peak: float | None) -> d
     jax.block_until_ready(sampler(state.params, state.frozen, labels, jax.random.fold_in(rng, i)))
     times.append(time.perf_counter() - start)
   # Forward FLOPs (a third of training's) for 2B rows: conditional and unconditional.
-  flops_per_call = 2 * engine.config.batch_size * flops.train_flops_per_image(
-      engine.model_kwargs) / 3
+  flops_per_call = 2 * engine.config.batch_size * flops.train_flops_per_image(engine.task.model_kwargs) / 3
   return _summary('sample', engine, times, max(first - statistics.median(times), 0.0),
                   flops_per_call, engine.tokens_per_step, peak)
 
 
 def main(argv):
+  f = flags.FLAGS
   if len(argv) != 2 or argv[1] not in MODES:
-    raise app.UsageError(f'usage: python -m var_jax.bench {{{"|".join(MODES)}}} [--flags]')
-  cfg = bench_config(depth=_DEPTH.value, batch=_BATCH.value, vocab=_VOCAB.value,
-                     patch_nums=_PATCH_NUMS.value, dtype=_DTYPE.value, steps=_STEPS.value,
-                     mesh=_MESH.value, remat=_REMAT.value, attention=_ATTENTION.value)
-  try:
-    engine = engine_lib.Engine(config_lib.resolve(cfg, jax.device_count()))
-  except ValueError as e:
-    sys.stderr.write(f'var-bench: error: {e}\n')
-    sys.exit(2)
-  peak = perf.peak_tflops(override=_PEAK.value)
-  result = (bench_train if argv[1] == 'train' else bench_sample)(engine, _STEPS.value, peak)
-  if _JSON.value:
+    raise errors.ConfigError(f'usage: python -m var_jax.bench {{{"|".join(MODES)}}} [--flags]')
+  cfg = bench_config(depth=f.depth, batch=f.batch, vocab=f.vocab, patch_nums=f['patch-nums'].value,
+                     dtype=f.dtype, steps=f.steps, mesh=f.mesh, remat=f.remat, attention=f.attention)
+  engine = engine_lib.Engine(config_lib.resolve(cfg, jax.device_count()))
+  peak = perf.peak_tflops(override=f['peak-tflops'].value)
+  result = (bench_train if argv[1] == 'train' else bench_sample)(engine, f.steps, peak)
+  if f.json:
     print(json.dumps(result))
   else:
     for key, value in result.items():
@@ -135,7 +134,8 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  _define_flags()
+  cli.run(main, prog=PROG)
 
 
 if __name__ == '__main__':

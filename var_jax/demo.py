@@ -14,13 +14,9 @@ import sys
 import time
 from typing import Callable, Sequence
 
-from absl import app
 from absl import flags
 
-_OUT = flags.DEFINE_string('out', 'demo_out', 'Folder for everything the demo writes.', allow_override=True)
-_SIZE = flags.DEFINE_enum('size', 'full', ['full', 'tiny'],
-                          "'full' is the real demo (under 10 minutes on 2 cores); 'tiny' runs each stage for a "
-                          'few steps, for tests.')
+from var_jax import cli
 
 
 class StageError(RuntimeError):
@@ -218,22 +214,25 @@ def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> path
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  out = pathlib.Path(_OUT.value).resolve()
+  cli.no_positional(argv)
+  f = flags.FLAGS
+  out = pathlib.Path(f.out).resolve()
   out.mkdir(parents=True, exist_ok=True)
   start = time.monotonic()
   try:
-    timings = run_stages(make_stages(out, _SIZE.value), out)
+    timings = run_stages(make_stages(out, f.size), out)
   except StageError as e:
     print(f'[demo] FAILED: {e}', file=sys.stderr)
     sys.exit(1)
-  report = write_report(out, timings, _SIZE.value)
+  report = write_report(out, timings, f.size)
   print(f'[demo] done in {time.monotonic() - start:.0f} s; report: {report}')
 
 
 def run():
-  app.run(main)
+  flags.DEFINE_string('out', 'demo_out', 'Folder for everything the demo writes.')
+  flags.DEFINE_enum('size', 'full', ['full', 'tiny'], "'full' is the real demo (under 10 minutes on 2 cores); "
+                    "'tiny' runs each stage for a few steps, for tests.")
+  cli.run(main, prog='var-demo')
 
 
 if __name__ == '__main__':

@@ -29,7 +29,11 @@ AdaLN weights (a third of each block) act once per image, not per token, so trai
 6 · (nonembed - AdaLN) · tokens plus attention, not the language-model 6 · N · D. The VAR paper's model
 sizes (18M for depth 6, 310M for depth 16, 2.0B for depth 30) are `total`.
 """
+import math
 from typing import Any, Mapping, Sequence
+
+import jax
+from jax.extend import core as jax_core
 
 from var_jax.models import var as var_lib
 
@@ -120,3 +124,53 @@ def forward_flops_breakdown(model_kwargs: Mapping[str, Any], dense_attention: bo
 def train_flops_per_image(model_kwargs: Mapping[str, Any], dense_attention: bool = False) -> float:
   """Forward + backward matmul FLOPs for one training image: 3 x the forward count."""
   return 3.0 * sum(forward_flops_breakdown(model_kwargs, dense_attention).values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Counting from a function's shapes, for models without a closed form here (the tokenizer's conv nets).
+# ---------------------------------------------------------------------------------------------------
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in a tree of arrays or ShapeDtypeStructs."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _eqn_flops(eqn) -> float:
+  name = eqn.primitive.name
+  if name == 'dot_general':
+    (lhs_contract, _), _ = eqn.params['dimension_numbers']
+    lhs = eqn.invars[0].aval.shape
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in lhs_contract)
+  if name == 'conv_general_dilated':
+    rhs = eqn.invars[1].aval.shape
+    out_features = rhs[eqn.params['dimension_numbers'].rhs_spec[0]]
+    return 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs) / out_features
+  return 0.0
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    total += _eqn_flops(eqn)
+    subs = []
+    for value in eqn.params.values():
+      for v in (value if isinstance(value, (tuple, list)) else (value,)):
+        if isinstance(v, jax_core.ClosedJaxpr):
+          subs.append(v.jaxpr)
+        elif isinstance(v, jax_core.Jaxpr):
+          subs.append(v)
+    counts = [_jaxpr_flops(j) for j in subs]
+    if eqn.primitive.name == 'cond':
+      total += max(counts, default=0.0)  # one branch runs
+    else:
+      total += eqn.params.get('length', 1) * sum(counts)  # a scan body runs `length` times
+  return total
+
+
+def matmul_flops(fn, *args) -> float:
+  """Matmul and convolution FLOPs (2 per multiply-add) of `fn(*args)`, from its jaxpr.
+
+  `args` may be arrays or ShapeDtypeStructs; nothing is computed. A while loop's body counts once.
+  """
+  return _jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)

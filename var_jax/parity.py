@@ -12,58 +12,27 @@ shapes and layouts (NCHW images and feature maps). Keys that no group could comp
 after scaling by max(1, |expected|max); integer keys (token indices) must be equal.
 """
 import dataclasses
-import json
-import os
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from var_jax import convert
+from var_jax import cli
+from var_jax import errors
 from var_jax.models import loss as loss_lib
 from var_jax.models import sampling
-from var_jax.models import tokenizer
-from var_jax.models import var as var_lib
+from var_jax.weights import fixture as fixture_lib
 
+PROG = 'var-parity'
 INPUT_KEYS = ('input_img', 'labels')
 TOLERANCE = 1e-4
+Fixture = fixture_lib.Fixture
 
 
-class Skip(Exception):
-  """Raised by a producer that cannot run for this fixture; the message says why."""
-
-
-@dataclasses.dataclass
-class Fixture:
-  """A fixture folder, read once; `cache` lets groups share loaded models."""
-  path: str
-  config: Dict[str, Any]
-  expected: Dict[str, np.ndarray]
-  cache: Dict[str, Any] = dataclasses.field(default_factory=dict)
-
-  @classmethod
-  def load(cls, path: str) -> 'Fixture':
-    for name in ('config.json', 'expected.npz'):
-      if not os.path.exists(os.path.join(path, name)):
-        raise ValueError(f'{path}: not a parity fixture folder (no {name})')
-    with open(os.path.join(path, 'config.json')) as f:
-      config = json.load(f)
-    with np.load(os.path.join(path, 'expected.npz')) as data:
-      expected = {k: data[k] for k in data.files}
-    return cls(path, config, expected)
-
-  def state_dict(self, stem: str) -> Dict[str, np.ndarray]:
-    """The official state dict `<stem>_state.npz` (preferred) or `<stem>.pth`."""
-    for name in (f'{stem}_state.npz', f'{stem}.pth'):
-      if os.path.exists(os.path.join(self.path, name)):
-        return convert.read_state_dict(os.path.join(self.path, name))
-    raise Skip(f'no {stem}_state.npz or {stem}.pth in {self.path}')
-
-  def input_img_BHWC(self) -> jax.Array:
-    return jnp.asarray(self.expected['input_img'].transpose(0, 2, 3, 1))
+def input_img_BHWC(fx: Fixture) -> jax.Array:
+  return jnp.asarray(fx.expected['input_img'].transpose(0, 2, 3, 1))
 
 
 Producer = Callable[[Fixture], Dict[str, np.ndarray]]
@@ -82,28 +51,10 @@ def _nchw(x: jax.Array) -> np.ndarray:
   return np.asarray(x).transpose(0, 3, 1, 2)
 
 
-def fixture_tokenizer(fx: Fixture) -> Tuple[tokenizer.VQVAE, convert.Params]:
-  """The fixture's VQVAE and converted params (loaded once per fixture)."""
-  if 'tokenizer' not in fx.cache:
-    c = fx.config
-    cfg = convert.tokenizer_config(
-        dict(vocab_size=c['V'], z_channels=c['Cvae'], ch=c['ch'],
-             share_quant_resi=c['share_quant_resi'], patch_nums=c['patch_nums']),
-        what=f'{fx.path}/config.json')
-    vae = tokenizer.VQVAE(**cfg)
-    if c.get('image_size', vae.image_size) != vae.image_size:
-      raise ValueError(f'{fx.path}/config.json: image_size {c["image_size"]} does not match '
-                       f'patch_nums and ch_mult ({vae.image_size})')
-    params, _ = convert.vae_from_state_dict(fx.state_dict('vae'), vae,
-                                            what=f'{fx.path} vae weights')
-    fx.cache['tokenizer'] = vae, params
-  return fx.cache['tokenizer']
-
-
 @register('tokenizer')
 def tokenizer_keys(fx: Fixture) -> Dict[str, np.ndarray]:
   """enc_f, idx_k, fhat_k, recon, recon_from_idx, var_input."""
-  vae, params = fixture_tokenizer(fx)
+  vae, params = fx.tokenizer()
 
   @jax.jit
   def run(p, img):
@@ -113,7 +64,7 @@ def tokenizer_keys(fx: Fixture) -> Dict[str, np.ndarray]:
     return (f, idx, fhats, apply('fhat_to_img', fhats[-1]),
             apply('fhat_to_img', apply('idx_to_fhat', idx)), apply('idx_to_var_input', idx))
 
-  f, idx, fhats, recon, recon_from_idx, var_input = run(params, fx.input_img_BHWC())
+  f, idx, fhats, recon, recon_from_idx, var_input = run(params, input_img_BHWC(fx))
   out = {'enc_f': _nchw(f), 'recon': _nchw(recon), 'recon_from_idx': _nchw(recon_from_idx),
          'var_input': np.asarray(var_input)}
   for k, (idx_Bl, f_hat) in enumerate(zip(idx, fhats)):
@@ -122,26 +73,11 @@ def tokenizer_keys(fx: Fixture) -> Dict[str, np.ndarray]:
   return out
 
 
-def fixture_var(fx: Fixture) -> Tuple[var_lib.VAR, convert.Params]:
-  """The fixture's VAR (built from config.json) and converted params (loaded once)."""
-  if 'var' not in fx.cache:
-    c = fx.config
-    model = var_lib.VAR(**var_lib.resolve(dict(
-        vocab_size=c['V'], cvae=c['Cvae'], patch_nums=c['patch_nums'],
-        num_classes=c['num_classes'], depth=c['depth'], embed_dim=c['width'],
-        num_heads=c['heads'], mlp_ratio=c.get('mlp_ratio', 4.0), shared_aln=c['shared_aln'],
-        attn_l2_norm=c['attn_l2_norm'], drop_path_rate=0.0)))
-    params = convert.var_from_state_dict(fx.state_dict('var'), model,
-                                         what=f'{fx.path} var weights')
-    fx.cache['var'] = model, params
-  return fx.cache['var']
-
-
 @register('var')
 def var_keys(fx: Fixture) -> Dict[str, np.ndarray]:
   """logits (teacher forcing on our own tokens of input_img) and ce_loss."""
-  vae, vae_params = fixture_tokenizer(fx)
-  model, params = fixture_var(fx)
+  vae, vae_params = fx.tokenizer()
+  model, params = fx.var()
 
   @jax.jit
   def run(vp, p, img, label):
@@ -151,7 +87,7 @@ def var_keys(fx: Fixture) -> Dict[str, np.ndarray]:
     loss, _ = loss_lib.var_loss(logits, jnp.concatenate(idx, axis=1), model.patch_nums)
     return logits, loss
 
-  logits, loss = run(vae_params, params, fx.input_img_BHWC(),
+  logits, loss = run(vae_params, params, input_img_BHWC(fx),
                      jnp.asarray(fx.expected['labels'], jnp.int32))
   return {'logits': np.asarray(logits), 'ce_loss': np.asarray(loss)}
 
@@ -159,8 +95,8 @@ def var_keys(fx: Fixture) -> Dict[str, np.ndarray]:
 @register('generation')
 def generation_keys(fx: Fixture) -> Dict[str, np.ndarray]:
   """gen_idx_k and gen_img: guided generation for `labels` with top-k 1 (deterministic)."""
-  vae, vae_params = fixture_tokenizer(fx)
-  model, params = fixture_var(fx)
+  vae, vae_params = fx.tokenizer()
+  model, params = fx.var()
   sampler = sampling.make_sampler(model, vae)
   idx, img = sampler(params, vae_params, fx.expected['labels'], jax.random.key(0),
                      cfg=fx.config['cfg'], top_k=1)
@@ -197,7 +133,7 @@ def check_fixture(path: str) -> Tuple[Dict[str, np.ndarray], List[Row]]:
     for group, producer in PRODUCERS.items():
       try:
         computed.update(producer(fx))
-      except Skip as e:
+      except fixture_lib.MissingWeights as e:
         reasons.append(f'{group}: {e}')
   skipped_why = '; '.join(reasons) or 'no producer for this key'
   rows = []
@@ -209,17 +145,13 @@ def check_fixture(path: str) -> Tuple[Dict[str, np.ndarray], List[Row]]:
   return computed, rows
 
 
-_FIXTURE = flags.DEFINE_string('fixture', None, 'parity fixture folder.')
-_OUT = flags.DEFINE_string('out', None, 'where to write the computed keys (.npz).', allow_override=True)
-
-
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _FIXTURE.value or not _OUT.value:
-    raise app.UsageError('--fixture and --out are required')
-  computed, rows = check_fixture(_FIXTURE.value)
-  np.savez(_OUT.value, **computed)
+def main(argv: Sequence[str]) -> None:
+  cli.no_positional(argv)
+  f = flags.FLAGS
+  if not f.fixture or not f.out:
+    raise errors.ConfigError('--fixture and --out are required')
+  computed, rows = check_fixture(f.fixture)
+  np.savez(f.out, **computed)
   width = max(len(r.key) for r in rows)
   for r in rows:
     print(f'{r.key:<{width}}  {r.status:<7}  {r.detail}')
@@ -227,11 +159,14 @@ def main(argv: Sequence[str]) -> int:
   failed = [r.key for r in rows if r.status == 'FAIL']
   print(f'{counts["ok"]} ok, {counts["skipped"]} skipped, {counts["FAIL"]} failed'
         + (f': {", ".join(failed)}' if failed else ''))
-  return 1 if failed else 0
+  if failed:
+    raise SystemExit(1)
 
 
 def run() -> None:
-  app.run(main)
+  flags.DEFINE_string('fixture', None, 'parity fixture folder.')
+  flags.DEFINE_string('out', None, 'where to write the computed keys (.npz).')
+  cli.run(main, prog=PROG)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,8 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from var_jax import errors
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
@@ -40,17 +42,17 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
   shape = tuple(int(s) for s in shape)
   named = ', '.join(f'mesh.{a}={s}' for a, s in zip(MESH_AXES, shape))
   if len(shape) != len(MESH_AXES):
-    raise ValueError(f'mesh: expected {len(MESH_AXES)} sizes for {MESH_AXES}, got {shape}')
+    raise errors.ConfigError(f'mesh: expected {len(MESH_AXES)} sizes for {MESH_AXES}, got {shape}')
   if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f'mesh: sizes must be positive with at most one -1, got {named}')
+    raise errors.ConfigError(f'mesh: sizes must be positive with at most one -1, got {named}')
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f'mesh: {named} cannot fill {num_devices} devices ({num_devices} is not a '
+      raise errors.ConfigError(f'mesh: {named} cannot fill {num_devices} devices ({num_devices} is not a '
                        f'multiple of {known})')
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
   if math.prod(shape) != num_devices:
-    raise ValueError(f'mesh: {named} has {math.prod(shape)} devices but {num_devices} are '
+    raise errors.ConfigError(f'mesh: {named} has {math.prod(shape)} devices but {num_devices} are '
                      'available; use -1 on one axis to fill')
   return shape
 
@@ -78,7 +80,7 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
   out = []
   for rule in rules:
     if len(rule) != 2:
-      raise ValueError(f'sharding.rules: each rule must be [logical_name, mesh_axes], got {rule!r}')
+      raise errors.ConfigError(f'sharding.rules: each rule must be [logical_name, mesh_axes], got {rule!r}')
     name, axes = rule
     if isinstance(axes, (list, tuple)):
       axes = tuple(axes)
@@ -86,7 +88,7 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
     else:
       bad = [] if axes is None or axes in MESH_AXES else [axes]
     if bad:
-      raise ValueError(f'sharding.rules: {name!r} maps to unknown mesh axes {bad}; '
+      raise errors.ConfigError(f'sharding.rules: {name!r} maps to unknown mesh axes {bad}; '
                        f'expected names from {MESH_AXES}')
     out.append((str(name), axes))
   return tuple(out)
@@ -136,6 +138,6 @@ def check_fsdp(shardings: Any, shapes: Any, mesh: Mesh, min_size: int = FSDP_MIN
     if 'fsdp' not in used:
       bad.append(f'{jax.tree_util.keystr(path)} {tuple(leaf.shape)} spec={sharding.spec}')
   if bad:
-    raise ValueError(f'sharding: mesh.fsdp={mesh.shape["fsdp"]} but {len(bad)} large parameter(s) '
+    raise errors.ConfigError(f'sharding: mesh.fsdp={mesh.shape["fsdp"]} but {len(bad)} large parameter(s) '
                      f'are not sharded over fsdp (check sharding.rules maps "embed"): {bad[0]}'
                      + (f' and {len(bad) - 1} more' if len(bad) > 1 else ''))

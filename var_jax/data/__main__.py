@@ -6,33 +6,28 @@ Builds `synthetic_shapes` or an `image_folder`, or prepares a TFDS dataset (Imag
 as ArrayRecord under data.data_dir. On a cluster, run it once before launching so that the processes of a
 job do not all build the same files.
 """
-import sys
-
-from absl import app
-from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from var_jax import cli
+from var_jax import errors
 from var_jax.data import sources
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config whose `data` section to prepare.', allow_override=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config whose `data` section to prepare.')
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    builder = sources.prepare(_CONFIG.value.data)
-  except ValueError as e:  # Our one-line errors (missing manual dir, unknown name, ...) need no traceback.
-    sys.exit(f'var_jax.data: error: {e}')
+  cli.no_positional(argv)
+  if _CONFIG.value is None:
+    raise errors.ConfigError('--config is required')
+  builder = sources.prepare(_CONFIG.value.data)
   for name, split in builder.info.splits.items():
     logging.info('%s: split %s has %d examples', builder.data_dir, name, split.num_examples)
   print(builder.data_dir)
 
 
 def run():
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
+  cli.run(main, prog='var-data')
 
 
 if __name__ == '__main__':

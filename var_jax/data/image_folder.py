@@ -18,6 +18,7 @@ from etils import epath
 import PIL.Image
 import tensorflow_datasets as tfds
 
+from var_jax import errors
 from var_jax.data import preprocess
 
 SPLIT_DIRS = {'train': 'train', 'val': 'validation', 'validation': 'validation', 'test': 'test'}
@@ -30,11 +31,11 @@ def scan(root: str | os.PathLike) -> tuple[dict[str, list[tuple[str, str]]], lis
   Returns:
     ({split: [(path, class_name), ...]}, sorted class names).
   Raises:
-    ValueError: when root is missing or holds no class folders with files.
+    errors.DataError: when root is missing or holds no class folders with files.
   """
   root = pathlib.Path(root)
   if not root.is_dir():
-    raise ValueError(f'image_folder: data.path {str(root)!r} is not a directory; put one sub-folder of images '
+    raise errors.DataError(f'image_folder: data.path {str(root)!r} is not a directory; put one sub-folder of images '
                      'per class there (or train/ and val/ holding such sub-folders)')
   subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
   split_dirs = [p for p in subdirs if p.name in SPLIT_DIRS]
@@ -53,7 +54,7 @@ def scan(root: str | os.PathLike) -> tuple[dict[str, list[tuple[str, str]]], lis
       classes.add(class_dir.name)
     files[split] = items
   if not any(files.values()):
-    raise ValueError(f'image_folder: no images found under {str(root)!r}; put one sub-folder of images per '
+    raise errors.DataError(f'image_folder: no images found under {str(root)!r}; put one sub-folder of images per '
                      'class there (or train/ and val/ holding such sub-folders)')
   return files, sorted(classes)
 
@@ -128,7 +129,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
                  sum(counts.values()) - sum(skipped.values()), skipped or 'none', converted or 'none')
     self.info.metadata.setdefault('problems', {})[split] = dict(counts)
     if counts and sum(skipped.values()) == sum(counts.values()):
-      raise ValueError(f'image_folder: every file under {self.builder_config.root!r} ({split}) is unreadable; '
+      raise errors.DataError(f'image_folder: every file under {self.builder_config.root!r} ({split}) is unreadable; '
                        'put decodable images (JPEG, PNG, ...) in its class sub-folders')
 
 

@@ -18,6 +18,8 @@ from absl import logging
 import grain
 import numpy as np
 
+from var_jax import errors
+from var_jax.data import config
 from var_jax.data import preprocess
 from var_jax.data import sources
 
@@ -111,13 +113,13 @@ def make_loader(data_cfg, *, split: str, global_batch_size: int, seed: int, trai
   """Builds the input iterator of one process.
 
   Args:
-    data_cfg: the `data` ConfigDict (see `var_jax.data.default_config`).
+    data_cfg: the `data` ConfigDict (see `var_jax.data.config.default_config`).
     split: split to read, e.g. data.train_split or data.eval_split.
     global_batch_size: batch size over all processes; each process yields global / process_count.
     seed: drives the shuffle and the random crops / flips (train only); same seed, same batches.
     train: random crop (+ optional flip) and shuffling if True; centre crop and file order if False.
     process_index, process_count: this process's shard; default `jax.process_index()` / `process_count()`.
-    tokenizer_fingerprint: `var_jax.convert.fingerprint(tokenizer_params)` of the run; required when
+    tokenizer_fingerprint: `var_jax.weights.state_dict.fingerprint(tokenizer_params)` of the run; required when
       data.name == 'tokens', whose dataset must have been made by the same tokenizer.
     num_epochs: passes over the shard; None repeats forever.
 
@@ -129,16 +131,16 @@ def make_loader(data_cfg, *, split: str, global_batch_size: int, seed: int, trai
     import jax  # pylint: disable=g-import-not-at-top  # Only when the caller did not say which process it is.
     process_index, process_count = jax.process_index(), jax.process_count()
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f'batch_size: global batch {global_batch_size} must be a positive multiple of the '
+    raise errors.ConfigError(f'batch_size: global batch {global_batch_size} must be a positive multiple of the '
                      f'{process_count} processes')
   if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+    raise errors.ConfigError(f'process_index {process_index} not in [0, {process_count})')
   batch_size = global_batch_size // process_count
-  cfg = {k: sources.option(data_cfg, k) for k in ('num_threads', 'prefetch', 'worker_count', 'hflip',
+  cfg = {k: config.option(data_cfg, k) for k in ('num_threads', 'prefetch', 'worker_count', 'hflip',
                                                    'image_size', 'mid_ratio', 'min_side')}
   src = sources.open_source(data_cfg, split, tokenizer_fingerprint=tokenizer_fingerprint)
   if len(src.records) < process_count:
-    raise ValueError(f'{src.where} split {split!r} has {len(src.records)} records, fewer than the '
+    raise errors.DataError(f'{src.where} split {split!r} has {len(src.records)} records, fewer than the '
                      f'{process_count} processes reading it')
   counter = BadRecordCounter(src.where)
 

@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 import PIL.Image
 
-MID_RATIO = 1.125
-MIN_SIDE = 8  # Images with a shorter side below this are skipped as 'tiny'.
+from var_jax.data.config import MID_RATIO
+from var_jax.data.config import MIN_SIDE
 
 # Problems `decode_image` reports. Skipped ones yield no image; converted ones yield an RGB image.
 SKIPPED = ('zero_byte', 'truncated', 'corrupt', 'tiny')

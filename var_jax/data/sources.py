@@ -8,45 +8,17 @@ brings to RGB (`preprocess.as_rgb`) whatever their channels or bit depth. `data.
 pre-tokenized dataset (see `tokens.py`).
 """
 import dataclasses
-import functools
 import os
 from typing import Any, Sequence
 
-import ml_collections
-from ml_collections import config_dict
 import tensorflow_datasets as tfds
 
+from var_jax import errors
 from var_jax.data import image_folder
-from var_jax.data import preprocess
 from var_jax.data import synthetic_shapes
 from var_jax.data import tokens as tokens_lib
-
-DEFAULT_DATA_DIR = '~/tensorflow_datasets'
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """The `data` keys `make_loader` reads, with their defaults (None ones typed, so flags can set them)."""
-  return ml_collections.ConfigDict({
-      'name': 'synthetic_shapes',  # synthetic_shapes | image_folder | tokens | any TFDS name (cifar10, ...)
-      'data_dir': DEFAULT_DATA_DIR,  # Where TFDS datasets (ours included) are built and read.
-      'path': config_dict.placeholder(str),  # image_folder: the folder of class sub-folders; tokens: the var_jax.tokenize --out dir.
-      'manual_dir': config_dict.placeholder(str),  # Manual-download TFDS datasets (imagenet2012); default DATA_DIR/downloads/manual.
-      'train_split': 'train',
-      'eval_split': 'validation',  # cifar10 has 'test'.
-      'image_size': 64,
-      'mid_ratio': preprocess.MID_RATIO,  # Shorter side resized to round(mid_ratio * image_size) before cropping.
-      'hflip': False,
-      'min_side': preprocess.MIN_SIDE,  # Images smaller than this are skipped.
-      'num_threads': 8,  # Reader threads per process (decode + preprocess run in them).
-      'prefetch': 2,  # Batches read ahead.
-      'worker_count': 0,  # grain worker processes (> 0 needs absl flags parsed and a __main__ guard).
-      # synthetic_shapes only:
-      'num_train': synthetic_shapes.NUM_TRAIN,
-      'num_eval': synthetic_shapes.NUM_EVAL,
-      'max_shapes': synthetic_shapes.MAX_SHAPES,
-      'synthetic_seed': 0,
-  })
-
+from var_jax.data.config import data_dir
+from var_jax.data.config import option
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -67,21 +39,6 @@ class Source:
   label_key: str = 'label'
 
 
-@functools.lru_cache(maxsize=1)
-def _defaults() -> dict[str, Any]:
-  return default_config().to_dict()
-
-
-def option(data_cfg, key: str):
-  """`data_cfg[key]`, or its `default_config` value where the key is missing or None."""
-  value = data_cfg.get(key) if hasattr(data_cfg, 'get') else getattr(data_cfg, key, None)
-  return _defaults()[key] if value is None else value
-
-
-def data_dir(data_cfg) -> str:
-  return os.path.expanduser(str(option(data_cfg, 'data_dir')))
-
-
 def prepare(data_cfg) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder for `data_cfg`, generating the ArrayRecord files first when missing."""
   name, ddir = str(option(data_cfg, 'name')), data_dir(data_cfg)
@@ -93,12 +50,12 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
   if name == 'image_folder':
     path = option(data_cfg, 'path')
     if not path:
-      raise ValueError('data.path: image_folder needs the folder holding one sub-folder of images per class')
+      raise errors.DataError('data.path: image_folder needs the folder holding one sub-folder of images per class')
     return image_folder.prepare(os.path.expanduser(str(path)), ddir, option(data_cfg, 'min_side'))
   try:
     builder = tfds.builder(name, data_dir=ddir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'data.name: {name!r} is not synthetic_shapes, image_folder, tokens or a TFDS dataset '
+    raise errors.DataError(f'data.name: {name!r} is not synthetic_shapes, image_folder, tokens or a TFDS dataset '
                      f'name ({str(e).splitlines()[0]})') from None
   if not builder.is_prepared():
     config = tfds.download.DownloadConfig()
@@ -106,12 +63,12 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
       manual = os.path.expanduser(str(option(data_cfg, 'manual_dir') or os.path.join(ddir, 'downloads', 'manual')))
       if not os.path.isdir(manual) or not os.listdir(manual):
         what = ' '.join(str(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).split())
-        raise ValueError(f'data.manual_dir: {manual!r} is missing or empty; {name} needs its files there: {what}')
+        raise errors.DataError(f'data.manual_dir: {manual!r} is missing or empty; {name} needs its files there: {what}')
       config = tfds.download.DownloadConfig(manual_dir=manual)
     try:
       builder.download_and_prepare(file_format='array_record', download_config=config)
     except ModuleNotFoundError as e:  # TFDS's own builders write with tf.io.gfile; reading needs no TensorFlow.
-      raise ValueError(f'data.name: preparing {name} under {ddir} needs the module {e.name!r}; install it, or '
+      raise errors.DataError(f'data.name: preparing {name} under {ddir} needs the module {e.name!r}; install it, or '
                        f'build it elsewhere (tfds build {name} --file_format=array_record) and copy it to '
                        f'{ddir}, or extract its images to class folders and use data.name=image_folder') from e
   return builder
@@ -125,12 +82,12 @@ def open_source(data_cfg, split: str, *, tokenizer_fingerprint: str | None = Non
     split: split name (TFDS slicing such as 'train[:1000]' allowed for TFDS sources).
     tokenizer_fingerprint: the run's tokenizer identity; required for `data.name == 'tokens'`.
   Raises:
-    ValueError: one line naming the field or path at fault.
+    errors.DataError: one line naming the field or path at fault.
   """
   if option(data_cfg, 'name') == 'tokens':
     path = option(data_cfg, 'path')
     if not path:
-      raise ValueError('data.path: a tokens dataset needs the directory written by var_jax.tokenize --out')
+      raise errors.DataError('data.path: a tokens dataset needs the directory written by var_jax.tokenize --out')
     path = os.path.expanduser(str(path))
     records, info = tokens_lib.open_split(path, split, tokenizer_fingerprint=tokenizer_fingerprint)
     return Source(records=records, kind='tokens', num_classes=info['num_classes'], where=path)
@@ -139,11 +96,11 @@ def open_source(data_cfg, split: str, *, tokenizer_fingerprint: str | None = Non
   image_key, label_key = info.supervised_keys or ('image', 'label')
   available = list(info.splits.keys())
   if available and split.split('[')[0] not in available:  # (`tfds.testing.mock_data` lists no splits.)
-    raise ValueError(f'split {split!r} not in {builder.name} at {builder.data_dir} (it has {available}); '
+    raise errors.DataError(f'split {split!r} not in {builder.name} at {builder.data_dir} (it has {available}); '
                      'set data.train_split / data.eval_split')
   records = builder.as_data_source(split)
   where = str(builder.data_dir)
   if len(records) == 0:  # pylint: disable=g-explicit-length-test  # Not every source is truthy-aware.
-    raise ValueError(f'{builder.name} split {split!r} at {where} is empty; put images there (or rebuild it)')
+    raise errors.DataError(f'{builder.name} split {split!r} at {where} is empty; put images there (or rebuild it)')
   return Source(records=records, kind='image', num_classes=info.features[label_key].num_classes, where=where,
                 image_key=image_key, label_key=label_key)

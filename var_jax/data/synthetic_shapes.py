@@ -21,8 +21,9 @@ import PIL.Image
 import PIL.ImageDraw
 import tensorflow_datasets as tfds
 
+from var_jax.data import config
+
 SHAPES = ('circle', 'square', 'triangle', 'pentagon', 'hexagon', 'star', 'cross', 'ring', 'crescent', 'arrow')
-NUM_TRAIN, NUM_EVAL, MAX_SHAPES = 20_000, 1_000, 3  # Defaults: a build of about a minute on one core.
 _SUPERSAMPLE = 4
 _SPLIT_SEEDS = {'train': 0, 'validation': 1}
 _MIN_PER_WORKER = 1000  # Below this, starting a worker process costs more than it saves.
@@ -148,14 +149,14 @@ def draw_example(rng: np.random.Generator, image_size: int = 64, max_shapes: int
 class SyntheticShapesConfig(tfds.core.BuilderConfig):
   """One size of the dataset; its name encodes everything that changes the images."""
   image_size: int = 64
-  num_train: int = NUM_TRAIN
-  num_eval: int = NUM_EVAL
-  max_shapes: int = MAX_SHAPES
+  num_train: int = config.SHAPES_NUM_TRAIN
+  num_eval: int = config.SHAPES_NUM_EVAL
+  max_shapes: int = config.SHAPES_MAX_SHAPES
   seed: int = 0
 
 
-def make_config(image_size: int = 64, num_train: int = NUM_TRAIN, num_eval: int = NUM_EVAL,
-                max_shapes: int = MAX_SHAPES, seed: int = 0) -> SyntheticShapesConfig:
+def make_config(image_size: int = 64, num_train: int = config.SHAPES_NUM_TRAIN, num_eval: int = config.SHAPES_NUM_EVAL,
+                max_shapes: int = config.SHAPES_MAX_SHAPES, seed: int = 0) -> SyntheticShapesConfig:
   for key, value, low in (('image_size', image_size, 8), ('num_train', num_train, 1), ('num_eval', num_eval, 1),
                           ('max_shapes', max_shapes, 1)):
     if int(value) < low:

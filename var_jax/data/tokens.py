@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from var_jax import errors
 from var_jax.data import preprocess
 
 FILE_TEMPLATE = '{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'
@@ -70,7 +71,7 @@ def _check_or_write_spec(out_dir: str, split: str, spec: dict) -> None:
     diff = [k for k in sorted(set(old) | set(spec)) if old.get(k) != spec.get(k)]
     if diff:
       k = diff[0]
-      raise ValueError(f'{path}: split {split!r} was started with {k}={old.get(k)!r}, this run has '
+      raise errors.DataError(f'{path}: split {split!r} was started with {k}={old.get(k)!r}, this run has '
                        f'{k}={spec.get(k)!r}; use another --out or delete that directory')
   else:
     _write_json_atomic(path, spec)
@@ -174,11 +175,11 @@ def write_split(out_dir: str, split: str, records: Sequence[dict[str, Any]], *,
     Counts for this process: {'images', 'records', 'skipped_chunks', and any bad-input problems}.
   """
   if num_crops < 1:
-    raise ValueError(f'num_crops must be >= 1, got {num_crops}')
+    raise errors.DataError(f'num_crops must be >= 1, got {num_crops}')
   os.makedirs(out_dir, exist_ok=True)
   num_source = len(records)
   if num_source == 0:
-    raise ValueError(f'{source} split {split!r} is empty; nothing to tokenize')
+    raise errors.DataError(f'{source} split {split!r} is empty; nothing to tokenize')
   num_chunks = math.ceil(num_source / chunk_size)
   spec = dict(split=split, fingerprint=fingerprint, patch_nums=list(patch_nums), vocab_size=int(vocab_size),
               image_size=int(image_size), num_classes=int(num_classes), source=source, num_source=num_source,
@@ -225,9 +226,9 @@ def read_info(path: str) -> dict[str, Any]:
   if not os.path.exists(os.path.join(path, 'dataset_info.json')):
     started = sorted(n for n in os.listdir(path) if n.startswith('tokenize-')) if os.path.isdir(path) else []
     if started:
-      raise ValueError(f'data.path: token dataset {path!r} is unfinished ({", ".join(started)} started); run '
+      raise errors.DataError(f'data.path: token dataset {path!r} is unfinished ({", ".join(started)} started); run '
                        'var_jax.tokenize again with the same --out to finish it')
-    raise ValueError(f'data.path: {path!r} holds no token dataset; write one there with '
+    raise errors.DataError(f'data.path: {path!r} holds no token dataset; write one there with '
                      f'python -m var_jax.tokenize --config=... --out={path}')
   return dict(tfds.builder_from_directory(path).info.metadata)
 
@@ -236,13 +237,13 @@ def open_split(path: str, split: str, *, tokenizer_fingerprint: str | None) -> t
   """Opens one split of a token dataset, refusing one made by another tokenizer; -> (records, metadata)."""
   info = read_info(path)
   if tokenizer_fingerprint is None:
-    raise ValueError('make_loader: data.name=tokens needs tokenizer_fingerprint='
-                     'var_jax.convert.fingerprint(tokenizer_params) of this run, to check the token dataset')
+    raise errors.DataError('make_loader: data.name=tokens needs tokenizer_fingerprint='
+                     'var_jax.weights.state_dict.fingerprint(tokenizer_params) of this run, to check the token dataset')
   if info['fingerprint'] != tokenizer_fingerprint:
-    raise ValueError(f'data.path: token dataset {path!r} was made by tokenizer {info["fingerprint"]}, but this '
+    raise errors.DataError(f'data.path: token dataset {path!r} was made by tokenizer {info["fingerprint"]}, but this '
                      f'run\'s tokenizer is {tokenizer_fingerprint}; tokenize again with this tokenizer or set '
                      'tokenizer.path to the one that made it')
   if split not in info['splits']:
-    raise ValueError(f'split {split!r} not in token dataset {path!r} (it has {sorted(info["splits"])}); set '
+    raise errors.DataError(f'split {split!r} not in token dataset {path!r} (it has {sorted(info["splits"])}); set '
                      'data.train_split / data.eval_split or tokenize that split')
   return tfds.builder_from_directory(path).as_data_source(split), info

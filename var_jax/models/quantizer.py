@@ -206,10 +206,3 @@ def vq_loss(f_BhwC: jax.Array, fhat_list: Sequence[jax.Array], beta: float) -> j
 def straight_through(f_BhwC: jax.Array, f_hat_BhwC: jax.Array) -> jax.Array:
   """f_hat in the forward pass, identity gradient to f in the backward pass."""
   return f_BhwC + jax.lax.stop_gradient(f_hat_BhwC - f_BhwC)
-
-
-def codebook_usage(idx_list: Sequence[jax.Array], vocab_size: int) -> jax.Array:
-  """(K,) fraction of the codebook hit at least once by each scale's tokens."""
-  return jnp.stack([
-      jnp.mean(jnp.zeros((vocab_size,), jnp.int32).at[idx_Bl.reshape(-1)].add(1) > 0)
-      for idx_Bl in idx_list])

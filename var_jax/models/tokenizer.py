@@ -180,6 +180,11 @@ class Quantize(nn.Module):
     return h_BhwC
 
 
+def image_size(patch_nums: Sequence[int], ch_mult: Sequence[int]) -> int:
+  """Side of the images a tokenizer maps onto its last scale: pn_last x 2^(downsamplings)."""
+  return quantizer.check_patch_nums(patch_nums)[-1] * 2 ** (len(ch_mult) - 1)
+
+
 class VQVAE(nn.Module):
   """The multi-scale VQVAE. Images are NHWC float32 in [-1, 1]."""
   vocab_size: int = 4096
@@ -210,7 +215,7 @@ class VQVAE(nn.Module):
   @property
   def image_size(self) -> int:
     """Side of the images this configuration encodes."""
-    return quantizer.check_patch_nums(self.patch_nums)[-1] * 2 ** (len(self.ch_mult) - 1)
+    return image_size(self.patch_nums, self.ch_mult)
 
   def _check_image(self, img_BHWC: jax.Array) -> None:
     size = self.image_size
@@ -260,10 +265,11 @@ class VQVAE(nn.Module):
 
   def __call__(self, img_BHWC: jax.Array,
                train: bool = False) -> Tuple[jax.Array, jax.Array, Dict[str, Any]]:
-    """Tokenizer training forward: (recon_BHWC unclamped, vq_loss, {'idx', 'usage'}).
+    """Tokenizer training forward: (recon_BHWC unclamped, vq_loss, {'idx', 'f', 'fhat'}).
 
-    The decoder sees the straight-through f_hat, so reconstruction gradients reach the
-    encoder; `usage` is the fraction of the codebook each scale hits in this batch.
+    The decoder sees the straight-through f_hat, so reconstruction gradients reach the encoder. The aux
+    holds the token indices, the latent f_BhwC and the f_hat after each scale (codebook restarts and EMA
+    updates need the last two).
     """
     f_BhwC = self.encode(img_BHWC, train)
     if self.is_initializing():
@@ -272,5 +278,4 @@ class VQVAE(nn.Module):
     loss = quantizer.vq_loss(f_BhwC, fhat_list, self.beta)
     f_st = quantizer.straight_through(f_BhwC, fhat_list[-1])
     recon = self.decoder(self.post_quant_conv(f_st), train)
-    return recon, loss, {'idx': idx_list,
-                         'usage': quantizer.codebook_usage(idx_list, self.vocab_size)}
+    return recon, loss, {'idx': idx_list, 'f': f_BhwC, 'fhat': fhat_list}

@@ -11,23 +11,20 @@
 
 Every law gets 95% percentile intervals from a bootstrap over runs (`*_ci`).
 
-CLI:
-  python -m var_jax.scaling.fit --input results.csv|ROOT --law power|chinchilla|isoflop \
-      [--x params|flops|tokens] [--y loss] --out fit.json [--plot FIG.png]
+The command line is `python -m var_jax.fit` (var_jax/fit.py).
 """
 import csv
 import itertools
-import json
 import math
 import os
 import time
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from absl import app
-from absl import flags
 import numpy as np
 from scipy import optimize
+
+from var_jax import errors
 
 LAWS = ('power', 'chinchilla', 'isoflop')
 X_COLUMNS = ('params', 'flops', 'tokens')
@@ -56,15 +53,15 @@ def load_table(path: str, rename: Optional[Mapping[str, str]] = None) -> dict[st
   if os.path.isdir(path):
     path = os.path.join(path, 'results.csv')
     if not os.path.exists(path):
-      raise FileNotFoundError(f'{path} not found; write it with `python -m var_jax.sweep --aggregate-only`')
+      raise errors.ConfigError(f'{path} not found; write it with `python -m var_jax.sweep --aggregate_only`')
   with open(path, newline='') as f:
     rows = list(csv.DictReader(f))
   if not rows:
-    raise ValueError(f'{path} has no data rows')
+    raise errors.ConfigError(f'{path} has no data rows')
   rename = dict(rename or {})
   missing = [k for k in rename if k not in rows[0]]
   if missing:
-    raise ValueError(f'{path}: columns {missing} not found (have {list(rows[0])})')
+    raise errors.ConfigError(f'{path}: columns {missing} not found (have {list(rows[0])})')
   return {rename.get(k, k): [r[k] for r in rows] for k in rows[0]}
 
 
@@ -82,7 +79,7 @@ def usable_columns(table: Mapping[str, Sequence[Any]], columns: Sequence[str]) -
   """
   missing = [c for c in columns if c not in table]
   if missing:
-    raise ValueError(f'columns {missing} are needed but the table has {sorted(table)}')
+    raise errors.ConfigError(f'columns {missing} are needed but the table has {sorted(table)}')
   n = len(table[columns[0]])
   names = list(table.get('run_id', [f'row {i + 1}' for i in range(n)]))
   status = [str(s or '').strip().lower() for s in table.get('status', [''] * n)]
@@ -107,7 +104,7 @@ def usable_columns(table: Mapping[str, Sequence[Any]], columns: Sequence[str]) -
 
 def _require_points(n_points: int, n_params: int, law: str) -> None:
   if n_points < n_params:
-    raise ValueError(f'the {law} law has {n_params} parameters but only {n_points} usable points')
+    raise errors.ConfigError(f'the {law} law has {n_params} parameters but only {n_points} usable points')
 
 
 def _ci(samples: np.ndarray) -> list[float]:
@@ -143,7 +140,7 @@ def _bootstrap(fit_once: Callable[[np.ndarray], Mapping[str, float]], n: int, n_
 
 def _power_lsq(log_x: np.ndarray, log_y: np.ndarray) -> dict[str, float]:
   if np.ptp(log_x) == 0:
-    raise ValueError('power law needs at least two distinct x values')
+    raise errors.ConfigError('power law needs at least two distinct x values')
   alpha, intercept = np.polyfit(log_x, log_y, 1)
   return dict(alpha=float(alpha), beta=float(np.exp(intercept / alpha)))
 
@@ -210,7 +207,7 @@ def _chinchilla_minimize(starts: Sequence[np.ndarray], log_n, log_d, log_y, delt
     if np.isfinite(res.fun) and res.fun < best_f:
       best_x, best_f = res.x, float(res.fun)
   if best_x is None:
-    raise ValueError('chinchilla fit did not converge from any start')
+    raise errors.ConfigError('chinchilla fit did not converge from any start')
   return best_x, best_f
 
 
@@ -228,7 +225,7 @@ def fit_chinchilla(n: np.ndarray, d: np.ndarray, y: np.ndarray, n_bootstrap: int
   n, d, y = (np.asarray(v, float) for v in (n, d, y))
   _require_points(n.size, 5, 'chinchilla')
   if np.ptp(n) == 0 or np.ptp(d) == 0:
-    raise ValueError('chinchilla law needs at least two distinct params and two distinct tokens values')
+    raise errors.ConfigError('chinchilla law needs at least two distinct params and two distinct tokens values')
   mu_n, mu_d = float(np.log(n).mean()), float(np.log(d).mean())
   log_n, log_d, log_y = np.log(n) - mu_n, np.log(d) - mu_d, np.log(y)
   starts = np.array(list(itertools.product(*CHINCHILLA_GRID)))
@@ -273,10 +270,10 @@ def group_budgets(c: np.ndarray, rtol: float = 0.05) -> np.ndarray:
 def _parabola(log_x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
   """Least-squares parabola y = q2 log_x^2 + q1 log_x + q0: ((q2, q1, q0), argmin, min)."""
   if np.unique(log_x).size < 3:
-    raise ValueError('fewer than 3 distinct sizes')
+    raise errors.ConfigError('fewer than 3 distinct sizes')
   q = np.polyfit(log_x, y, 2)
   if q[0] <= 0:
-    raise ValueError('the parabola opens downwards (no minimum)')
+    raise errors.ConfigError('the parabola opens downwards (no minimum)')
   x_min = -q[1] / (2 * q[0])
   return q, float(x_min), float(np.polyval(q, x_min))
 
@@ -299,7 +296,7 @@ def _isoflop_once(c, log_n, log_d, y, labels) -> tuple[dict[str, float], list[di
                         parabola_log_n=q.tolist()))
   if len(budgets) < 2:
     reasons = '; '.join(sorted({s['reason'] for s in skipped}))
-    raise ValueError(f'isoflop needs at least 2 compute budgets with a convex parabola over >= 3 sizes, '
+    raise errors.ConfigError(f'isoflop needs at least 2 compute budgets with a convex parabola over >= 3 sizes, '
                      f'got {len(budgets)} ({len(skipped)} budgets skipped: {reasons})')
   cs = np.log([b['flops'] for b in budgets])
   out = {}
@@ -370,7 +367,7 @@ def with_tokens_from_flops(table: Mapping[str, Sequence[Any]]) -> dict[str, Sequ
   """A copy of `table` with tokens = flops / (6 params), Chinchilla's convention."""
   missing = [c for c in ('params', 'flops') if c not in table]
   if missing:
-    raise ValueError(f'tokens from flops needs columns {missing}; the table has {sorted(table)}')
+    raise errors.ConfigError(f'tokens from flops needs columns {missing}; the table has {sorted(table)}')
   ps, fs = (np.array([_to_float(v) for v in table[k]]) for k in ('params', 'flops'))
   return dict(table, tokens=list(fs / (6 * ps)))
 
@@ -384,9 +381,9 @@ def fit_table(table: Mapping[str, Sequence[Any]], law: str, x: str = 'params', y
   drop_highest: leave out the k highest-loss points (Epoch drops 5 from Chinchilla's Figure 4).
   """
   if law not in LAWS:
-    raise ValueError(f'--law must be one of {LAWS}, got {law!r}')
+    raise errors.ConfigError(f'--law must be one of {LAWS}, got {law!r}')
   if law == 'power' and x not in X_COLUMNS:
-    raise ValueError(f'--x must be one of {X_COLUMNS}, got {x!r}')
+    raise errors.ConfigError(f'--x must be one of {X_COLUMNS}, got {x!r}')
   table = with_tokens_from_flops(table) if tokens_from_flops else dict(table)
   columns = {'power': [x, y], 'chinchilla': ['params', 'tokens', y],
              'isoflop': ['flops', 'params'] + (['tokens'] if 'tokens' in table else []) + [y]}[law]
@@ -412,46 +409,3 @@ def fit_table(table: Mapping[str, Sequence[Any]], law: str, x: str = 'params', y
         cols = usable_columns(table, ['flops', y])
     out['frontier'] = fit_frontier(cols['flops'], cols[y], n_bootstrap, seed)
   return out
-
-
-def _main(argv: Sequence[str]) -> None:
-  del argv
-  f = flags.FLAGS
-  rename = dict(kv.split('=', 1) for kv in f.rename)
-  table = load_table(f.input, {v: k for k, v in rename.items()})
-  if f.tokens_from_flops:
-    table = with_tokens_from_flops(table)
-  result = fit_table(table, f.law, f.x, f.y, f.bootstrap, f.seed, drop_highest=f.drop_highest)
-  os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-  with open(f.out, 'w') as fh:
-    json.dump(result, fh, indent=2)
-  summary = {k: result[k] for k in ('E', 'A', 'B', 'alpha', 'beta', 'r', 'a', 'b', 'n_exponent', 'd_exponent')
-             if k in result}
-  print(json.dumps(dict(law=f.law, n_points=result['n_points'], seconds=round(result['seconds'], 2), **summary)))
-  if f.plot:
-    from var_jax.scaling import plots  # matplotlib only when a figure is asked for
-    plots.fit_figure(table, result, f.plot)
-
-
-def _define_flags() -> None:
-  """Flags are defined only by the CLI, so that importing this module defines none."""
-  flags.DEFINE_string('input', None, 'results.csv, or a sweep ROOT holding results.csv', required=True)
-  flags.DEFINE_enum('law', 'power', LAWS, 'law to fit')
-  flags.DEFINE_enum('x', 'params', X_COLUMNS, 'x column of the power law')
-  flags.DEFINE_string('y', 'loss', 'loss column (e.g. loss_last_scale)')
-  flags.DEFINE_string('out', None, 'fit.json to write', required=True, allow_override=True)
-  flags.DEFINE_string('plot', None, 'also draw the fit to this PNG (an SVG is written beside it)')
-  flags.DEFINE_integer('bootstrap', None, 'bootstrap resamples (default 100 for chinchilla, else 1000)')
-  flags.DEFINE_integer('seed', 0, 'bootstrap seed', allow_override=True)
-  flags.DEFINE_list('rename', [], 'column renames NAME=CSV_COLUMN, e.g. "params=Model Size,flops=Training FLOP"')
-  flags.DEFINE_bool('tokens_from_flops', False, 'tokens = flops / (6 params), as in Chinchilla')
-  flags.DEFINE_integer('drop_highest', 0, 'leave out this many highest-loss points')
-
-
-def run() -> None:
-  _define_flags()
-  app.run(_main)
-
-
-if __name__ == '__main__':
-  run()

@@ -4,7 +4,7 @@
                    Pareto frontier of all eval points and the power law fitted to it
   loss_vs_x        final loss against params (or flops / tokens) with the fitted power law and its r
   residuals        log(observed / fitted) of a fit
-  fit_figure       the figure `python -m var_jax.scaling.fit --plot` draws for any law
+  fit_figure       the figure `python -m var_jax.fit --plot` draws for any law
 """
 import os
 import warnings

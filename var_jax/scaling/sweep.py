@@ -12,9 +12,10 @@ Besides config keys, axes and runs may set a data budget that fixes `steps` from
 `tokens`, `images`, `epochs`, or `flops` (analytic training FLOPs of the run's model, var_jax.flops;
 an IsoFLOP sweep crosses `flops` with `model.depth`).
 
-Each run has a stable id, '<prefix>-<hash>' (prefix `d{depth}-s{steps}`, hash of its config), and a
-folder ROOT/<run_id> holding run_config.json (the config), run_config.py (what `var_jax.train
---config=` loads), train.log, the trainer's own outputs, and ERROR when the run failed.
+Each run has a stable id, '<prefix>-s<steps>-<hash>' (prefix from its task, e.g. `d{depth}`; hash of its
+config), and a folder ROOT/<run_id> holding run_config.json (the config), run_config.py (what `var_jax.train
+--config=` loads), train.log, the trainer's own outputs, and ERROR when the run failed. A run's status comes
+from the trainer's exit code (`var_jax.errors`: 3 is a diverged run) and its files, never from its log text.
 """
 import csv
 import dataclasses
@@ -23,7 +24,6 @@ import itertools
 import json
 import math
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -32,14 +32,16 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TextIO
 
 import ml_collections
 
-from var_jax import flops
-from var_jax.models import var as var_lib
+from var_jax import errors
 from var_jax.scaling import runs as runs_lib
+from var_jax.train import config as config_lib
+from var_jax.train import tasks
 
 BUDGET_KEYS = ('tokens', 'images', 'epochs', 'flops')
 RUN_CONFIG_JSON, RUN_CONFIG_PY, LOG = 'run_config.json', 'run_config.py', 'train.log'
-# A command (shell words) that replaces `python -m var_jax.train` for every run, to hand runs to a launcher:
-# `launch/local.sh 2 --`, or `launch/tpu_pod.sh --tpu NAME --zone ZONE -- python -m var_jax.train`.
+# A command (shell words) that replaces `python -m var_jax.train` for every run, to hand runs to a launcher
+# (each launcher takes the command after `--`): `launch/local.sh 2 -- python -m var_jax.train`, or
+# `launch/tpu_pod.sh --tpu NAME --zone ZONE -- python -m var_jax.train`. The sweep appends --config, --workdir.
 TRAINER_ENV = 'VAR_JAX_SWEEP_TRAINER'
 RESULT_COLUMNS = ('run_id', 'depth', 'width', 'heads', 'params', 'params_nonembed', 'batch_size', 'steps',
                   'images', 'tokens', 'flops', 'loss', 'loss_last_scale', 'acc', 'acc_last_scale', 'status', 'error')
@@ -81,14 +83,18 @@ def _set(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
     raise ValueError(f'sweep: bad value {value!r} for {key!r}: {e}') from None
 
 
+def _task(cfg: ml_collections.ConfigDict):
+  return tasks.get(cfg.get('task', 'var'))
+
+
 def _steps_for_budget(cfg: ml_collections.ConfigDict, kind: str, amount: float,
                       images_per_epoch: Optional[int]) -> int:
   """Training steps that spend `amount` of `kind` (tokens, images, epochs or flops) at cfg's batch size."""
-  model = var_lib.resolve(cfg.model)
+  sizes = lambda: _task(cfg).sizes(cfg)
   images = {
       'images': lambda: amount,
-      'tokens': lambda: amount / flops.tokens_per_image(model['patch_nums']),
-      'flops': lambda: amount / flops.train_flops_per_image(model),
+      'tokens': lambda: amount / sizes().tokens_per_example,
+      'flops': lambda: amount / sizes().flops_per_example,
       'epochs': lambda: amount * images_per_epoch,
   }[kind]
   if kind == 'epochs' and not images_per_epoch:
@@ -104,8 +110,8 @@ def config_hash(cfg: ml_collections.ConfigDict) -> str:
 
 
 def run_id(cfg: ml_collections.ConfigDict) -> str:
-  """'d{depth}-s{steps}-{hash of the config}': readable, and stable for a given config."""
-  return f'd{cfg.model.depth}-s{cfg.steps}-{config_hash(cfg)}'
+  """'{task prefix}-s{steps}-{hash of the config}' (e.g. d16-s5000-1a2b3c4d): readable, stable for a config."""
+  return f'{_task(cfg).run_prefix(cfg)}-s{cfg.steps}-{config_hash(cfg)}'
 
 
 def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
@@ -143,12 +149,7 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
 
 def load_run_config(path: str) -> ml_collections.ConfigDict:
   """A run config from its JSON (lists come back as the tuples the training config uses)."""
-  def tuples(x):
-    if isinstance(x, dict):
-      return {k: tuples(v) for k, v in x.items()}
-    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
-  with open(path) as f:
-    return ml_collections.ConfigDict(tuples(json.load(f)))
+  return config_lib.load_json(path)
 
 
 def write_run_files(root: str, run: Run) -> str:
@@ -181,17 +182,13 @@ def trainer_command(run_dir: str) -> list[str]:
   return prefix + train_args(run_dir)
 
 
-def _error_line(log_path: str) -> str:
-  """The most telling line of a failed run's log: the trainer's one-line error, else the exception."""
+def _last_line(log_path: str) -> str:
+  """The last line of a failed run's log, for the results table (the trainer ends on its one-line error)."""
   try:
     with open(log_path, errors='replace') as f:
       lines = [l.strip() for l in f.read().splitlines() if l.strip()]
   except OSError:
     return ''
-  for pattern in (r'error:', r'^[\w.]*(Error|Exception)\b'):
-    for line in reversed(lines):
-      if re.search(pattern, line):
-        return line[:500]
   return lines[-1][:500] if lines else ''
 
 
@@ -240,8 +237,8 @@ def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: T
       print(f'    done in {_fmt_seconds(time.time() - t0)}' + (f', eval loss {loss:.4f}' if loss else ''),
             file=out, flush=True)
       continue
-    error = _error_line(log_path) or f'exit status {rc} without a DONE file'
-    kind = 'diverged' if re.search(r'non-finite|\bnan\b', error, re.IGNORECASE) else 'failed'
+    error = (_last_line(log_path) if rc else '') or f'exit status {rc} without a DONE file'
+    kind = 'diverged' if rc == errors.DivergedError.exit_code else 'failed'
     with open(error_path, 'w') as f:
       json.dump(dict(status=kind, returncode=rc, error=error, log=log_path), f, indent=1)
     print(f'    {kind} (exit {rc}): {error}  [log: {log_path}]', file=out, flush=True)
@@ -263,7 +260,7 @@ def submit_slurm(root: str, runs: Sequence[Run], sbatch_args: str = '', retry_fa
   for run in pending(root, runs, retry_failed):
     run_dir = write_run_files(root, run)
     cmd = ['sbatch', f'--job-name=var-{run.run_id}', f'--output={os.path.join(run_dir, "slurm-%j.out")}',
-           *shlex.split(sbatch_args), script, *train_args(run_dir)]
+           *shlex.split(sbatch_args), script, '--', *trainer_command(run_dir)]
     result = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if result.returncode:
       raise RuntimeError(f'sbatch failed for {run.run_id}: {result.stderr.strip()}')
@@ -284,16 +281,15 @@ def run_dirs(root: str) -> list[str]:
 
 
 def _sizes(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Model size columns and the planned tokens/FLOPs; blanks where the model config is invalid."""
+  """The task's size columns and the planned tokens/FLOPs; blanks where the config is invalid."""
   images = cfg.steps * cfg.batch_size
+  columns = _task(cfg).columns(cfg)
   try:
-    model = var_lib.resolve(cfg.model)
-  except ValueError:  # the run fails on it too, and says why in its error column
-    return dict(depth=cfg.model.depth, width=cfg.model.get('embed_dim'), heads=cfg.model.get('num_heads'))
-  counts = flops.param_counts(model)
-  return dict(depth=model['depth'], width=model['embed_dim'], heads=model['num_heads'], params=counts['total'],
-              params_nonembed=counts['nonembed'], tokens=images * flops.tokens_per_image(model['patch_nums']),
-              flops=images * flops.train_flops_per_image(model))
+    sizes = _task(cfg).sizes(cfg)
+  except (errors.VarJaxError, ValueError):  # the run fails on it too, and says why in its error column
+    return columns
+  return dict(columns, params=sizes.params, params_nonembed=sizes.params_nonembed,
+              tokens=images * sizes.tokens_per_example, flops=images * sizes.flops_per_example)
 
 
 def result_row(run_dir: str) -> dict[str, Any]:

@@ -16,6 +16,8 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
+from var_jax import errors
+
 STATE, META = 'state', 'meta'
 
 
@@ -89,3 +91,39 @@ class Checkpointer:
       shutil.move(os.path.join(self._dir, str(step)), dest)
     multihost_utils.sync_global_devices(f'var_jax checkpoint set aside {step}')
     self._manager.reload()
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(resolved config, task, params, step) of a training run folder, restored on one device.
+
+  Reads `config.json` and the orbax checkpoint `step` (default: the newest). The task is built from the
+  config (so a VAR run's tokenizer comes from its `tokenizer.path` or seed) and its params are checked against
+  the checkpoint's. ConfigError for a folder that is not a run, has no checkpoint, or lacks `step`.
+  """
+  from var_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from var_jax.train import tasks  # pylint: disable=g-import-not-at-top
+  config_path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(config_path):
+    raise errors.ConfigError(f'{workdir}: not a training workdir (no config.json)')
+  cfg = config_lib.load_json(config_path)
+  task = tasks.get(cfg.get('task', config_lib.DEFAULT_TASK))(cfg)
+  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  manager = ocp.CheckpointManager(ckpt_dir, item_names=(STATE, META),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(manager.all_steps()) if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise errors.ConfigError(f'{ckpt_dir}: no step {step}; saved steps are {steps}')
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=device)))
+  params = restored[STATE]['params']
+  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  want, got = shapes(task.abstract_params), shapes(params)
+  bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+  if bad:
+    raise errors.WeightsError(f'{ckpt_dir}/{step}: params do not match the config.json model at {len(bad)} '
+                              f'params, e.g. {bad[0]}')
+  return cfg, task, params, step

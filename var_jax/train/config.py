@@ -1,18 +1,26 @@
-"""Training configuration: every key with its default, and validation/resolution before any XLA work.
+"""Training configuration: every key with its default, and validation before any XLA work.
 
-Experiments start from `base_config()` and override what they need; `resolve(config, ...)` rejects
-unknown keys and inconsistent settings with one-line errors and fills derived values (model width
-from depth, warmup length, peak learning rate).
+A config is the common groups below plus the groups of its task (`config.task`, default 'var'; see
+`var_jax.train.tasks`). Experiments start from `base_config(task)` and override what they need;
+`resolve(config, ...)` rejects unknown keys and inconsistent settings with one-line `ConfigError`s and fills
+derived values (the mesh's -1 axis, the eval batch, the peak learning rate, warmup), then lets the task do the
+same for its own keys.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from var_jax import errors
+from var_jax import sharding
+from var_jax.data import config as data_config
+from var_jax.train import tasks
+
 SCHEDULES = ('lin0', 'lin', 'lin00', 'cos')
-SYNTHETIC_TOKENS = 'synthetic_tokens'  # in-memory random tokens (var_jax.train.synthetic)
+DEFAULT_TASK = 'var'
 
 
 def _placeholder(kind):
@@ -20,38 +28,13 @@ def _placeholder(kind):
   return config_dict.placeholder(kind)
 
 
-def data_config(with_datasets: bool = True) -> ml_collections.ConfigDict:
-  """`data.*` keys: those of `var_jax.data.make_loader`, or only `name` for in-memory tokens.
-
-  `with_datasets=False` avoids importing the dataset stack (TFDS, grain), for the benchmark.
-  """
-  if not with_datasets:
-    return ml_collections.ConfigDict({'name': SYNTHETIC_TOKENS})
-  from var_jax import data  # pylint: disable=g-import-not-at-top
-  return data.default_config()
-
-
-def base_config(with_datasets: bool = True) -> ml_collections.ConfigDict:
-  """All training keys with defaults (official VAR recipe where one exists)."""
+def common_config() -> ml_collections.ConfigDict:
+  """The keys every task has, with defaults (the official VAR recipe where one exists)."""
   c = ml_collections.ConfigDict()
+  c.task = DEFAULT_TASK
   c.seed = 0
   c.steps = 1000
   c.batch_size = 256  # global
-
-  # VAR attributes (var_jax.models.var.VAR); None width/heads/drop-path follow model.depth.
-  c.model = ml_collections.ConfigDict(dict(
-      vocab_size=4096, cvae=32, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), num_classes=1000,
-      depth=16, embed_dim=_placeholder(int), num_heads=_placeholder(int), mlp_ratio=4.0,
-      norm_eps=1e-6, shared_aln=False, attn_l2_norm=True, cond_drop_rate=0.1,
-      drop_path_rate=_placeholder(float), dtype='float32', scan_layers=True, remat_policy='none',
-      attention='xla'))
-
-  # VQVAE attributes plus where its weights come from (path None: random init from `seed`).
-  c.tokenizer = ml_collections.ConfigDict(dict(
-      vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
-      norm_groups=32, dropout=0.0, beta=0.25, using_znorm=False, quant_resi=0.5,
-      share_quant_resi=4, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-      path=_placeholder(str), seed=0))
 
   c.optim = ml_collections.ConfigDict(dict(
       base_lr=1e-4,              # peak lr = base_lr * batch_size / 256 ...
@@ -63,8 +46,7 @@ def base_config(with_datasets: bool = True) -> ml_collections.ConfigDict:
       warmup_steps=_placeholder(int),  # None: 2% of steps (official wp = ep/50)
       warmup_start=0.005,        # lr at step 0 as a fraction of the peak (official wp0)
       final_lr_frac=0.01,        # lr at the last step as a fraction of the peak (official wpe)
-      grad_clip=2.0,             # <= 0 disables clipping
-      label_smoothing=0.0))
+      grad_clip=2.0))            # <= 0 disables clipping
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict(dict(
@@ -81,8 +63,15 @@ def base_config(with_datasets: bool = True) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       every_steps=1000, batches=10,
       batch_size=_placeholder(int)))  # None: same as batch_size
+  c.data = data_config.default_config()
+  return c
 
-  c.data = data_config(with_datasets)
+
+def base_config(task: str = DEFAULT_TASK) -> ml_collections.ConfigDict:
+  """Every key of `task` with its default: the common groups updated with the task's."""
+  c = common_config()
+  c.update(tasks.get(task).default_config())
+  c.task = task
   return c
 
 
@@ -91,101 +80,80 @@ def _unknown_keys(cfg: Any, base: Any, prefix: str = '') -> list[str]:
   for key in cfg.keys():
     name = f'{prefix}{key}'
     if key not in base:
-      unknown.append(name)
+      value = cfg[key]
+      # A whole unknown group is named by its first key, as the user wrote it (model.depth, not model).
+      unknown += (_unknown_keys(value, {}, name + '.') if isinstance(value, (ml_collections.ConfigDict, dict))
+                  and len(value) else [name])
     elif isinstance(base[key], ml_collections.ConfigDict):
       if not isinstance(cfg[key], (ml_collections.ConfigDict, dict)):
-        raise ValueError(f'config: {name} must be a group of keys, got {cfg[key]!r}')
+        raise errors.ConfigError(f'config: {name} must be a group of keys, got {cfg[key]!r}')
       unknown += _unknown_keys(cfg[key], base[key], name + '.')
   return unknown
 
 
-def check_keys(config: Any) -> None:
-  """Rejects any key that `base_config` does not define (typos would otherwise be ignored)."""
-  with_datasets = config.get('data', {}).get('name') != SYNTHETIC_TOKENS
-  unknown = _unknown_keys(config, base_config(with_datasets))
+def merged(config: Any) -> ml_collections.ConfigDict:
+  """`config` over `base_config(config.task)`; ConfigError for a key the task does not define."""
+  base = base_config(config.get('task', DEFAULT_TASK))
+  unknown = _unknown_keys(config, base)
   if unknown:
-    raise ValueError(f'config: unknown key {unknown[0]!r}'
-                     + (f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else '')
-                     + '; see var_jax/train/config.py base_config() for the known keys')
+    more = f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''
+    raise errors.ConfigError(f'config: unknown key {unknown[0]!r}{more} for task={base.task!r}; see '
+                             f'{tasks.get(base.task).__module__} and var_jax/train/config.py for the known keys')
+  base.update(ml_collections.ConfigDict(config).to_dict())
+  return ml_collections.ConfigDict(base.to_dict())
 
 
-def _merged(config: Any) -> ml_collections.ConfigDict:
-  out = base_config(config.get('data', {}).get('name') != SYNTHETIC_TOKENS)
-  out.update(ml_collections.ConfigDict(config).to_dict())
-  return ml_collections.ConfigDict(out.to_dict())
-
-
-def resolve_model(model_cfg: Any) -> dict:
-  """Resolved VAR kwargs: depth rule applied, width/heads and other attributes checked."""
-  from var_jax.models import var  # pylint: disable=g-import-not-at-top
-  model = dict(var.resolve(dict(model_cfg)))
-  model['patch_nums'] = tuple(model['patch_nums'])
-  return model
-
-
-def tokenizer_image_size(tok_cfg: Any) -> int:
-  """Image side the tokenizer maps onto the last scale: pn_last * 2^(downsamplings)."""
-  return tok_cfg.patch_nums[-1] * 2 ** (len(tok_cfg.ch_mult) - 1)
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise errors.ConfigError(f'config: {message}')
 
 
 def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collections.ConfigDict:
   """Validated copy of `config` with derived values filled in.
 
-  Raises ValueError (one line, naming the key) for unknown keys, a mesh that does not match
-  `num_devices`, a batch that does not split over the data-parallel devices or processes, a width
-  not divisible by the heads, and tokenizer/model mismatches.
+  Raises ConfigError (one line, naming the key) for unknown keys, a mesh that does not match `num_devices`,
+  a batch that does not split over the data-parallel devices or processes, and whatever the task refuses.
   """
-  from var_jax import sharding  # pylint: disable=g-import-not-at-top
-  check_keys(config)
-  c = _merged(config)
-  if c.steps <= 0:
-    raise ValueError(f'config: steps must be positive, got {c.steps}')
-  mesh_shape = sharding.resolve_mesh_shape([c.mesh[a] for a in sharding.MESH_AXES], num_devices)
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh_shape
+  c = merged(config)
+  _check(c.steps > 0, f'steps must be positive, got {c.steps}')
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = sharding.resolve_mesh_shape(
+      [c.mesh[a] for a in sharding.MESH_AXES], num_devices)
   dp = c.mesh.data * c.mesh.fsdp
   if c.eval.batch_size is None:
     c.eval.batch_size = c.batch_size
   for key, batch in (('batch_size', c.batch_size), ('eval.batch_size', c.eval.batch_size)):
-    if batch <= 0 or batch % dp:
-      raise ValueError(f'config: {key}={batch} is not divisible by the data-parallel size '
-                       f'{dp} (mesh.data={c.mesh.data} x mesh.fsdp={c.mesh.fsdp})')
-    if batch % process_count:
-      raise ValueError(f'config: {key}={batch} is not divisible by the {process_count} processes')
+    _check(batch > 0 and batch % dp == 0, f'{key}={batch} is not divisible by the data-parallel size {dp} '
+           f'(mesh.data={c.mesh.data} x mesh.fsdp={c.mesh.fsdp})')
+    _check(batch % process_count == 0, f'{key}={batch} is not divisible by the {process_count} processes')
   sharding.rules_from_config(c.sharding.rules)
 
-  model = resolve_model(c.model)
-  c.model.update(model)
-  tok = c.tokenizer
-  # With tokenizer.path the loaded tokenizer's own config counts (the engine checks it).
-  if not tok.path and tuple(tok.patch_nums) != model['patch_nums']:
-    raise ValueError(f'config: tokenizer.patch_nums={tuple(tok.patch_nums)} differs from '
-                     f'model.patch_nums={model["patch_nums"]}')
-  if not tok.path and (tok.vocab_size, tok.z_channels) != (model['vocab_size'], model['cvae']):
-    raise ValueError(f'config: tokenizer (vocab_size={tok.vocab_size}, z_channels={tok.z_channels}) '
-                     f'does not match model (vocab_size={model["vocab_size"]}, cvae={model["cvae"]})')
-  if c.data.name == 'tokens' and not c.tokenizer.path:
-    raise ValueError('config: data.name="tokens" needs tokenizer.path (the tokenizer that made them)')
-  if c.data.name not in ('tokens', SYNTHETIC_TOKENS) and c.tokenizer.path is None:
-    expected = tokenizer_image_size(tok)
-    if c.data.image_size != expected:
-      raise ValueError(f'config: data.image_size={c.data.image_size} but the tokenizer maps '
-                       f'{expected}px images to the last scale {model["patch_nums"][-1]}')
-
   o = c.optim
-  if o.schedule not in SCHEDULES:
-    raise ValueError(f'config: optim.schedule={o.schedule!r}; expected one of {SCHEDULES}')
+  _check(o.schedule in SCHEDULES, f'optim.schedule={o.schedule!r}; expected one of {SCHEDULES}')
   if o.lr is None:
     o.lr = o.base_lr * c.batch_size / 256
   if o.warmup_steps is None:
     o.warmup_steps = round(c.steps / 50)
   if o.weight_decay_end is None:
     o.weight_decay_end = o.weight_decay
-  if not 0 <= o.warmup_steps < c.steps:
-    raise ValueError(f'config: optim.warmup_steps={o.warmup_steps} must be in [0, steps={c.steps})')
-  for key in ('every_steps',):
-    for group in ('checkpoint', 'log', 'eval'):
-      if c[group][key] <= 0:
-        raise ValueError(f'config: {group}.{key} must be positive, got {c[group][key]}')
-  if c.checkpoint.keep <= 0:
-    raise ValueError(f'config: checkpoint.keep must be positive, got {c.checkpoint.keep}')
+  _check(0 <= o.warmup_steps < c.steps, f'optim.warmup_steps={o.warmup_steps} must be in [0, steps={c.steps})')
+  for group in ('checkpoint', 'log', 'eval'):
+    _check(c[group].every_steps > 0, f'{group}.every_steps must be positive, got {c[group].every_steps}')
+  _check(c.checkpoint.keep > 0, f'checkpoint.keep must be positive, got {c.checkpoint.keep}')
+  tasks.get(c.task).resolve(c)
   return c
+
+
+def load_json(path: str) -> ml_collections.ConfigDict:
+  """A config written as JSON (a run's config.json): lists come back as the tuples configs use."""
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(tuples(json.load(f)))
+  except FileNotFoundError:
+    raise errors.ConfigError(f'{path}: no such file') from None
+  except ValueError as e:
+    raise errors.ConfigError(f'{path}: not a JSON config ({e})') from None

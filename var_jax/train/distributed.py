@@ -11,6 +11,8 @@ import os
 from absl import logging
 import jax
 
+from var_jax import errors
+
 
 def _cluster_detected() -> str | None:
   """Name of a cluster environment that `jax.distributed.initialize()` can configure itself."""
@@ -38,7 +40,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   explicit = (coordinator, num_processes, process_id)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      raise ValueError('distributed: give all of --coordinator_address, --num_processes and '
+      raise errors.ConfigError('distributed: give all of --coordinator_address, --num_processes and '
                        f'--process_id (or VAR_JAX_* env), got {explicit}')
     if num_processes == 1:
       return

@@ -19,19 +19,11 @@ from absl import logging
 import jax
 import numpy as np
 
+from var_jax import errors
 from var_jax.train import checkpoint as checkpoint_lib
 from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
 from var_jax.train import perf
-
-LOGGED_KEYS = ('loss', 'loss_last_scale', 'acc', 'acc_last_scale', 'grad_norm', 'lr')
-# Figures on the console line, whichever of them the task reports (VAR: acc; tokenizer: psnr).
-CONSOLE_KEYS = ('loss', 'loss_last_scale', 'acc', 'rec_loss', 'vq_loss', 'psnr', 'ssim', 'usage',
-                'lr', 'grad_norm')
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
 
 
 class MetricsWriter:
@@ -93,9 +85,11 @@ def _scalars(metrics: dict) -> dict:
 def _check_finite(metrics: dict, step: int, last_saved: int | None) -> None:
   values = jax.device_get({k: metrics[k] for k in ('loss', 'grad_norm')})
   if not all(math.isfinite(float(v)) for v in values.values()):
-    raise NonFiniteLossError(
-        f'non-finite loss={float(values["loss"])} grad_norm={float(values["grad_norm"])} at step '
-        f'{step}; stopping. The last good checkpoint is step {last_saved}')
+    kept = ('No checkpoint was written yet' if last_saved is None
+            else f'The last good checkpoint is step {last_saved}')
+    raise errors.DivergedError(
+        f'non-finite loss={float(values["loss"])} grad_norm={float(values["grad_norm"])} at step {step}; '
+        f'stopping. {kept}')
 
 
 def _fmt(value, spec: str) -> str:
@@ -140,7 +134,7 @@ def train(config: Any, workdir: str, devices=None) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the summary also written to DONE.
 
   Returns early with {'step', 'preempted': True} after saving when SIGTERM or a preemption notice
-  arrives; raises NonFiniteLossError (no checkpoint of the bad state) on a non-finite loss.
+  arrives; raises errors.DivergedError (no checkpoint of the bad state) on a non-finite loss.
   """
   stop = _StopFlag()  # first thing: a SIGTERM during start-up still ends in a clean save
   try:
@@ -150,22 +144,13 @@ def train(config: Any, workdir: str, devices=None) -> dict:
     stop.restore()
 
 
-def _task(config: Any):
-  """(resolve, engine class) for `config.task`: VAR training unless the config says 'tokenizer'."""
-  if config.get('task') == 'tokenizer':
-    from var_jax.train import tokenizer_task  # pylint: disable=g-import-not-at-top
-    return tokenizer_task.resolve, tokenizer_task.TokenizerEngine
-  return config_lib.resolve, engine_lib.Engine
-
-
-def _figures(record: dict) -> str:
-  return ' | '.join(f'{k} {record[k]:.4g}' for k in CONSOLE_KEYS if record.get(k) is not None)
+def _figures(record: dict, keys: tuple[str, ...]) -> str:
+  return ' | '.join(f'{k} {record[k]:.4g}' for k in keys if record.get(k) is not None)
 
 
 def _train(config, workdir, devices, stop, resources) -> dict:
   devices = list(jax.devices() if devices is None else devices)
-  resolve, engine_cls = _task(config)
-  cfg = resolve(config, len(devices), jax.process_count())
+  cfg = config_lib.resolve(config, len(devices), jax.process_count())
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, 'config.json')
@@ -173,7 +158,8 @@ def _train(config, workdir, devices, stop, resources) -> dict:
     with open(config_path, 'w') as f:
       f.write(cfg.to_json(indent=2))
 
-  engine = engine_cls(cfg, devices)
+  engine = engine_lib.Engine(cfg, devices)
+  console_keys = engine.task.console_keys
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                      keep_every=cfg.checkpoint.keep_every,
                                      async_save=cfg.checkpoint.async_save)
@@ -239,7 +225,7 @@ def _train(config, workdir, devices, stop, resources) -> dict:
                         mfu=mfu)
       writer.write(last_train)
       logging.info('step %d/%d | %s | %s s/step | %s TFLOP/s/dev | mfu %s | eta %s', step,
-                   cfg.steps, _figures(last_train), _fmt(step_time, '.3f'),
+                   cfg.steps, _figures(last_train, console_keys), _fmt(step_time, '.3f'),
                    _fmt(tflops, '.3g'), _fmt(mfu, '.3f'),
                    '?' if step_time is None else _eta(step_time * (cfg.steps - step)))
       t_log, steps_since_log = time.time(), 0
@@ -247,7 +233,7 @@ def _train(config, workdir, devices, stop, resources) -> dict:
       last_eval = dict(step=step, split='eval', **evaluate(engine, state), **static,
                        **counters(step))
       writer.write(last_eval)
-      logging.info('eval step %d | %s', step, _figures(last_eval))
+      logging.info('eval step %d | %s', step, _figures(last_eval, console_keys))
       t_log, steps_since_log = time.time(), 0
     if do_save:
       save(state, step)
@@ -256,15 +242,13 @@ def _train(config, workdir, devices, stop, resources) -> dict:
       logging.warning('preempted at step %d: checkpoint saved, exiting', step)
       return dict(step=step, preempted=True)
   ckpt.wait()
-  summary = dict(step=step, steps=cfg.steps, **static, **counters(step),
+  summary = dict(step=step, steps=cfg.steps, task=cfg.task, **static, **counters(step),
                  loss=None if last_train is None else last_train['loss'],
-                 eval_loss=None if last_eval is None else last_eval['loss'],
-                 eval_loss_last_scale=None if last_eval is None else last_eval.get('loss_last_scale'),
-                 eval_acc=None if last_eval is None else last_eval.get('acc'),
+                 **{f'eval_{k}': None if last_eval is None else last_eval.get(k)
+                    for k in engine.task.summary_keys},
                  train=last_train, eval=last_eval, wall_time_s=time.time() - t_start,
-                 model=engine.model_kwargs)
-  if hasattr(engine, 'finish'):  # task outputs, e.g. the exported tokenizer and its grid
-    summary.update(engine.finish(state, workdir))
+                 model=engine.task.describe())
+  summary.update(engine.task.finish(state, workdir))  # e.g. the exported tokenizer and its grid
   if is_main:
     with open(os.path.join(workdir, 'DONE'), 'w') as f:
       json.dump(summary, f, indent=1, default=list)

@@ -26,7 +26,11 @@ NO_DECAY_KEYS = ('pos_start', 'pos_1LC', 'pos_embed', 'lvl_embed', 'scale_mul', 
 
 @struct.dataclass
 class TrainState:
-  """Everything a step reads and writes. `frozen` holds the tokenizer's params (never trained)."""
+  """Everything a step reads and writes, for every task.
+
+  `frozen` holds what the steps read but never train (VAR's tokenizer, a perceptual network); the loop does
+  not checkpoint it (it is rebuilt from the config).
+  """
   step: jax.Array
   params: Any
   opt_state: Any

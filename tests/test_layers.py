@@ -1,0 +1,69 @@
+"""The package's layering: no module imports a higher layer (function-level imports included).
+
+models < weights I/O < sharding < data < train and eval < scaling < entry points (the only modules that define
+flags, which do so inside their `run()` or as `__main__` modules).
+"""
+import ast
+import pathlib
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / 'var_jax'
+ENTRY_POINTS = ('cli', 'convert', 'sample', 'tokenize', 'parity', 'demo', 'sweep', 'fit', 'bench', 'edit',
+                'evaluate')
+LAYERS = {'errors': 0, 'models': 1, 'flops': 1, 'weights': 2, 'sharding': 3, 'data': 4, 'train': 5, 'eval': 5,
+          'scaling': 6, **{name: 7 for name in ENTRY_POINTS}}
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(REPO).with_suffix('').parts
+  return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def _layer(module: str) -> int:
+  parts = module.split('.')
+  if parts[-1] == '__main__':
+    return 7
+  if len(parts) == 1:
+    return 7  # the package itself holds only its version
+  if parts[1] not in LAYERS:
+    pytest.fail(f'{module}: no layer assigned in tests/test_layers.py (add it to LAYERS)')
+  return LAYERS[parts[1]]
+
+
+def _imports(path: pathlib.Path):
+  """var_jax modules `path` imports (absolute imports; `from var_jax.x import y` may name module y)."""
+  tree = ast.parse(path.read_text())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      yield from (a.name for a in node.names if a.name.startswith('var_jax'))
+    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('var_jax'):
+      for alias in node.names:
+        candidate = f'{node.module}.{alias.name}'
+        is_module = (REPO / (candidate.replace('.', '/') + '.py')).exists() or (
+            REPO / candidate.replace('.', '/')).is_dir()
+        yield candidate if is_module else node.module
+
+
+MODULES = sorted(PACKAGE.rglob('*.py'))
+
+
+def test_no_module_imports_a_higher_layer():
+  bad = [f'{_module_name(p)} imports {m}' for p in MODULES for m in _imports(p)
+         if _layer(m) > _layer(_module_name(p))]
+  assert not bad, bad
+
+
+def test_flags_are_defined_only_by_entry_points_inside_run():
+  """A module-level DEFINE_* is allowed only in a `__main__` module; elsewhere flags live inside functions."""
+  bad = []
+  for path in MODULES:
+    tree = ast.parse(path.read_text())
+    module_level = [n for n in tree.body if isinstance(n, (ast.Assign, ast.Expr)) and 'DEFINE_' in ast.unparse(n)]
+    if module_level and path.name != '__main__.py':
+      bad.append(f'{_module_name(path)}: {ast.unparse(module_level[0])}')
+    if 'allow_override' in path.read_text():
+      bad.append(f'{_module_name(path)}: allow_override')
+  assert not bad, bad

@@ -1,0 +1,70 @@
+"""What every command-line entry point shares: flags parsed with one-line errors, typed exit codes.
+
+`run(main, prog=...)` is `absl.app.run(main)` where a bad flag or `--config` override, and every
+`var_jax.errors.VarJaxError` the command raises, print one line `PROG: error: MESSAGE` to stderr and exit with
+the error's code (2 for a config or usage error, 3 for a diverged run, 4 for a data error; see
+`var_jax.errors`). `--traceback` shows the full traceback instead. Modules that call `run` define their flags
+inside their own `run()`, so importing them defines none.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from absl import app
+from absl import flags
+
+from var_jax import errors
+
+
+def fail(prog: str, message: str, code: int = errors.ConfigError.exit_code) -> NoReturn:
+  """Prints `PROG: error: MESSAGE` (on one line) to stderr and exits with `code`."""
+  sys.stderr.write(f'{prog}: error: {" ".join(str(message).split())}\n')
+  sys.exit(code)
+
+
+def _flag_error_line(e: Exception) -> str:
+  """One line of a flag-parsing error: its first line, plus the last one when a config file raised."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  return ' '.join(lines[:1] + lines[1:][-1:]) if lines else type(e).__name__
+
+
+def _parser(prog: str, rewrite: Callable[[list[str]], list[str]] | None):
+  def parse(argv: Sequence[str]) -> list[str]:
+    argv = list(argv) if rewrite is None else rewrite(list(argv))
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      fail(prog, _flag_error_line(e))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      # ml_collections raises these for `--config.no_such_key=...` and badly typed overrides.
+      message = str(e.args[0] if e.args else e).strip('\'"')
+      fail(prog, f'bad --config override: {message}')
+  return parse
+
+
+def run(main: Callable[[list[str]], object], *, prog: str,
+        rewrite_argv: Callable[[list[str]], list[str]] | None = None) -> None:
+  """Runs `main(argv)` under absl with var_jax's one-line errors and exit codes.
+
+  `main` gets absl's argv (the program name, then positional arguments; `no_positional` refuses those).
+  `rewrite_argv` may adjust the command line before parsing (e.g. accept dashed flag names).
+  """
+  if 'traceback' not in flags.FLAGS:
+    flags.DEFINE_bool('traceback', False, 'Print the full traceback of an error instead of one line.')
+
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except errors.VarJaxError as e:
+      if flags.FLAGS.traceback:
+        raise
+      fail(prog, str(e), e.exit_code)
+
+  app.run(wrapped, flags_parser=_parser(prog, rewrite_argv))
+
+
+def no_positional(argv: Sequence[str]) -> None:
+  """ConfigError for positional arguments a command does not take."""
+  if len(argv) > 1:
+    raise errors.ConfigError(f'unexpected arguments {list(argv[1:])}')
