@@ -157,6 +157,15 @@ def test_bad_weights_files_give_one_line_errors(weights, tmp_path, monkeypatch):
   np.savez(broken, **state)
   with pytest.raises(ValueError):
     inception.load_params(str(broken))
+  junk = tmp_path / 'junk.pth'
+  junk.write_bytes(b'not a torch file')
+  with pytest.raises(ValueError):
+    inception.load_params(str(junk))
+  bare = tmp_path / 'bare.npz'
+  with open(bare, 'wb') as f:
+    np.save(f, np.zeros(3))  # a single .npy under an .npz name
+  with pytest.raises(ValueError):
+    inception.load_params(str(bare))
   monkeypatch.setitem(sys.modules, 'torch', None)  # as where torch is not installed
   with pytest.raises(ImportError):
     inception.load_params(weights)

@@ -239,17 +239,28 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def _read_arrays(path: str) -> dict[str, np.ndarray]:
-  if path.endswith('.npz'):
-    with np.load(path) as f:
-      return {k: f[k] for k in f.files}
-  if not path.endswith(('.pth', '.pt')):
+  if not path.endswith(('.npz', '.pth', '.pt')):
     raise ValueError(f'inception: weights file {path!r} is neither .pth nor .npz')
+  if path.endswith('.npz'):
+    try:
+      f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise ValueError(f'inception: {path}: not a readable .npz ({type(e).__name__})') from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+      raise ValueError(f'inception: {path}: a single array, expected an .npz of named tensors')
+    with f:
+      return {k: f[k] for k in f.files}
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     raise ImportError(f'inception: reading {path} needs torch (pip install var_jax[torch]), or '
                       'give the same tensors as an .npz') from None
-  state = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # torch raises many types for bad files
+    raise ValueError(f'inception: {path}: not a readable state dict ({type(e).__name__})') from None
+  if not isinstance(state, dict):
+    raise ValueError(f'inception: {path}: holds a {type(state).__name__}, expected a state dict')
   return {k: v.numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 

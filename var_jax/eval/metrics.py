@@ -181,6 +181,7 @@ def _covered(query_nBD: jax.Array, ref_mBD: jax.Array, ref_sq_radii_mB: jax.Arra
 def _blocks(x_ND: np.ndarray, block: int) -> tuple[jax.Array, np.ndarray]:
   """Zero-pads rows to a multiple of `block` -> ([n, block, D] float32, valid mask [n, block])."""
   n, d = x_ND.shape
+  block = min(block, n)
   nb = -(-n // block)
   padded = np.zeros((nb * block, d), np.float32)
   padded[:n] = x_ND
