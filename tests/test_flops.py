@@ -34,7 +34,7 @@ def test_tiny_train_flops_by_hand():
   # forward: word 2*4*4*8=256, adaln 2*8*48+2*8*16=1024, qkv+proj 2*5*4*64=2560, mlp 2*5*2*8*32=5120,
   # attention 2*2*8*21=672 (21 kept pairs: 1*1 + 4*5), head 2*5*8*16=1280 -> 10912; training = 3x.
   assert flops.train_flops_per_image(TINY) == 3 * 10912
-  assert flops.train_flops_per_image(TINY, dense_attention=True) == 3 * (10912 - 672 + 2 * 2 * 8 * 25)
+  assert flops.train_flops_per_image(TINY, attention='xla') == 3 * (10912 - 672 + 2 * 2 * 8 * 25)
 
 
 def test_attention_pairs_match_the_official_mask():
@@ -42,7 +42,7 @@ def test_attention_pairs_match_the_official_mask():
   level = np.concatenate([np.full(p * p, k) for k, p in enumerate(DEFAULT_PNS)])
   keep = level[:, None] >= level[None, :]
   assert flops.attention_pairs(DEFAULT_PNS) == keep.sum()
-  assert flops.attention_pairs(DEFAULT_PNS, dense=True) == keep.size
+  assert flops.attention_pairs(DEFAULT_PNS, attention='xla') == keep.size
   assert flops.tokens_per_image(DEFAULT_PNS) == 680
 
 
@@ -97,8 +97,8 @@ def test_train_flops_match_xla_cost_analysis(depth, compiled):
   """Analytic FLOPs vs XLA's count for one forward+backward of var_loss w.r.t. the params.
 
   No optimizer update (AdamW adds ~15 elementwise FLOPs per parameter, outside the analytic count).
-  XLA's count covers what the program executes: the model applies the block-causal mask to a dense
-  L x L score matrix, so it is compared with `dense_attention=True`; the default (kept-pairs) count is
+  XLA's count covers what the program executes: with attention='xla' the model applies the block-causal
+  mask to a dense L x L score matrix, so it is compared with `attention='xla'`; the default (kept-pairs) count is
   ~10% lower at depths 2-4, where attention is a large share. XLA counts a scanned layer stack's body
   once, not depth times, so layers are unrolled here; depth 16 unrolled takes minutes to compile on a
   CPU, so it is lowered only and uses the pre-optimisation HLO count (within 1% of the compiled count
@@ -108,7 +108,7 @@ def test_train_flops_match_xla_cost_analysis(depth, compiled):
   import jax
   import jax.numpy as jnp
   from var_jax.models import loss as loss_lib
-  kw, model, params = _model_and_abstract_params(depth=depth, scan_layers=False)
+  kw, model, params = _model_and_abstract_params(depth=depth, scan_layers=False, attention='xla')
   seq = flops.tokens_per_image(kw['patch_nums'])
 
   def loss_and_grad(p, label_B, x_BLC, idx_BL):
@@ -121,7 +121,7 @@ def test_train_flops_match_xla_cost_analysis(depth, compiled):
   lowered = jax.jit(loss_and_grad).lower(*args)
   cost = lowered.compile().cost_analysis() if compiled else lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  dense = flops.train_flops_per_image(kw, dense_attention=True)
+  dense = flops.train_flops_per_image(kw, attention='xla')
   kept = flops.train_flops_per_image(kw)
   print(f'depth {depth}: XLA {cost["flops"]:.4g}, analytic dense {dense:.4g} (ratio {cost["flops"] / dense:.3f}), '
         f'kept pairs {kept:.4g} (ratio {cost["flops"] / kept:.3f})')

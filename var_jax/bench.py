@@ -38,13 +38,13 @@ def _define_flags() -> None:
   flags.DEFINE_integer('steps', 10, 'Timed steps (after one compiling step).')
   flags.DEFINE_list('mesh', '-1,1,1', 'data,fsdp,tensor (-1 fills).')
   flags.DEFINE_string('remat', 'none', 'model.remat_policy.')
-  flags.DEFINE_string('attention', 'xla', 'model.attention.')
+  flags.DEFINE_string('attention', 'auto', 'model.attention.')
   flags.DEFINE_float('peak-tflops', None, 'Per-device peak TFLOP/s for MFU (default: table).')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
 
 
 def bench_config(*, depth: int, batch: int, vocab: int, patch_nums, dtype: str, steps: int,
-                 mesh=(-1, 1, 1), remat: str = 'none', attention: str = 'xla'):
+                 mesh=(-1, 1, 1), remat: str = 'none', attention: str = 'auto'):
   """A VAR training config on in-memory random tokens with a tiny random tokenizer."""
   c = config_lib.base_config('var')
   c.data.name = 'synthetic_tokens'

@@ -18,9 +18,11 @@ FLOP conventions (the usual Kaplan / Chinchilla / MaxText ones):
   * training = 3 x forward (the backward pass costs twice the forward one);
   * attention costs 2·C FLOPs per (query, key) pair for QK^T and as much again for AV. By default only
     the pairs the block-causal mask keeps are counted (a token of scale k sees every token of scales
-    <= k), since that is the work a mask-aware kernel must do. `dense_attention=True` counts the full
-    L x L square instead, which is what XLA reports (and executes) when the mask is applied to a dense
-    score matrix; for the default 10-scale schedule that square is 1.6x the kept pairs.
+    <= k): the model's work, whatever kernel runs it, and what `flops_seen` counts. `attention=PATH`
+    counts the pairs that attention path executes instead (`attention.computed_pairs`): 'xla' the
+    dense L x L square (1.61x the kept pairs for the default 10-scale schedule), 'grouped' and
+    'cudnn' their scale groups (1.03x), 'splash' and 'tokamax' the 128 x 128 tiles they run (1.60x:
+    at 680 tokens few tiles are empty); 'auto' the path it resolves to on this machine.
 
 "Embedding" parameters (left out of `nonembed`, as Kaplan et al. leave out token and position
 embeddings) are the lookup tables: class_emb, pos_start, pos_1LC and lvl_embed. They cost no FLOPs per
@@ -35,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import jax
 from jax.extend import core as jax_core
 
+from var_jax.models import attention as attention_lib
 from var_jax.models import var as var_lib
 
 
@@ -51,10 +54,11 @@ def tokens_per_image(patch_nums: Sequence[int]) -> int:
   return sum(p * p for p in patch_nums)
 
 
-def attention_pairs(patch_nums: Sequence[int], dense: bool = False) -> int:
-  """(query, key) pairs per head that the block-causal mask keeps; L² when `dense`."""
-  if dense:
-    return tokens_per_image(patch_nums) ** 2
+def attention_pairs(patch_nums: Sequence[int], attention: str | None = None) -> int:
+  """(query, key) pairs per head and layer: those the block-causal mask keeps (None), or those the
+  attention path `attention` computes (a name of `attention.PATHS`, 'xla' being the dense L²)."""
+  if attention is not None:
+    return attention_lib.computed_pairs(attention, patch_nums)
   pairs, seen = 0, 0
   for p in patch_nums:
     seen += p * p
@@ -103,9 +107,15 @@ def param_counts(model_kwargs: Mapping[str, Any]) -> dict[str, int]:
   return dict(total=total, nonembed=total - sum(parts[k] for k in EMBEDDING_PARAMS))
 
 
-def forward_flops_breakdown(model_kwargs: Mapping[str, Any], dense_attention: bool = False) -> dict[str, float]:
-  """Forward-pass matmul FLOPs for one image (teacher forcing over the whole pyramid), per component."""
+def forward_flops_breakdown(model_kwargs: Mapping[str, Any], attention: str | None = None) -> dict[str, float]:
+  """Forward-pass matmul FLOPs for one image (teacher forcing over the whole pyramid), per component.
+
+  attention: None counts the pairs the mask keeps; a path name (or 'auto', resolved for this machine
+  and the model's dtype) the pairs that path computes.
+  """
   kw = _resolve(model_kwargs)
+  if attention is not None:
+    attention = attention_lib.resolve(attention, var_lib.DTYPES[kw['dtype']])
   c, depth, v = kw['embed_dim'], kw['depth'], kw['vocab_size']
   hidden = round(c * kw['mlp_ratio'])
   pns = kw['patch_nums']
@@ -116,14 +126,14 @@ def forward_flops_breakdown(model_kwargs: Mapping[str, Any], dense_attention: bo
       adaln=2.0 * ada_layers * c * 6 * c + 2.0 * c * 2 * c,  # blocks + head_nm, once per image
       qkv_proj=2.0 * depth * seq * 4 * c * c,
       mlp=2.0 * depth * seq * 2 * c * hidden,
-      attention=2.0 * depth * 2 * c * attention_pairs(pns, dense_attention),  # QK^T and AV
+      attention=2.0 * depth * 2 * c * attention_pairs(pns, attention),  # QK^T and AV
       head=2.0 * seq * c * v,
   )
 
 
-def train_flops_per_image(model_kwargs: Mapping[str, Any], dense_attention: bool = False) -> float:
+def train_flops_per_image(model_kwargs: Mapping[str, Any], attention: str | None = None) -> float:
   """Forward + backward matmul FLOPs for one training image: 3 x the forward count."""
-  return 3.0 * sum(forward_flops_breakdown(model_kwargs, dense_attention).values())
+  return 3.0 * sum(forward_flops_breakdown(model_kwargs, attention).values())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,19 +16,21 @@ Remat policies (`remat_policy`): 'none' (store every activation), 'full' (recomp
 backward pass), 'dots_saveable' (keep matmul outputs, recompute the rest), 'dots_no_batch' (keep only
 matmul outputs without batch dimensions, i.e. weight-only products).
 
-Attention functions (`attention`): names in `ATTENTION_FNS`, each `fn(q_BLHD, k_BSHD, v_BSHD, mask_LS,
-scale) -> o_BLHD`; 'xla' is plain einsum + softmax in float32, 'dot_product' is
-`jax.nn.dot_product_attention` (XLA or cuDNN chosen by JAX).
+Attention (`attention`): a path of var_jax.models.attention ('xla' is the dense-mask reference,
+'grouped', 'cudnn', 'tokamax', 'splash' skip masked work), or 'auto' to pick one for the device and
+dtype. Every path gives the same result up to float summation order.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from var_jax.models import attention as attention_lib
 
 # Official `build_vae_var` / `init_weights` defaults.
 INIT_ADALN = 0.5
@@ -44,29 +46,6 @@ REMAT_POLICIES = {
     'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
-Array = jax.Array
-
-
-def xla_attention(q_BLHD, k_BSHD, v_BSHD, mask_LS, scale):
-  """Softmax attention with float32 logits; mask_LS (bool, True = may attend) or None."""
-  logits_BHLS = jnp.einsum('blhd,bshd->bhls', q_BLHD, k_BSHD,
-                           preferred_element_type=jnp.float32) * scale
-  if mask_LS is not None:
-    logits_BHLS = jnp.where(mask_LS, logits_BHLS, -jnp.inf)
-  p_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHD.dtype)
-  return jnp.einsum('bhls,bshd->blhd', p_BHLS, v_BSHD)
-
-
-def fused_attention(q_BLHD, k_BSHD, v_BSHD, mask_LS, scale):
-  """`jax.nn.dot_product_attention`, which picks a fused kernel where the backend has one."""
-  mask = None if mask_LS is None else mask_LS[None, None]
-  return jax.nn.dot_product_attention(q_BLHD, k_BSHD, v_BSHD, mask=mask, scale=scale)
-
-
-ATTENTION_FNS: dict[str, Callable[..., Array]] = {
-    'xla': xla_attention,
-    'dot_product': fused_attention,
-}
 
 _FIELDS = ('vocab_size', 'cvae', 'patch_nums', 'num_classes', 'depth', 'embed_dim', 'num_heads',
            'mlp_ratio', 'norm_eps', 'shared_aln', 'attn_l2_norm', 'cond_drop_rate', 'drop_path_rate',
@@ -104,8 +83,8 @@ def _validate(a: Mapping[str, Any]) -> None:
   if a['remat_policy'] != 'none' and a['remat_policy'] not in REMAT_POLICIES:
     raise ValueError(f"model.remat_policy={a['remat_policy']!r}; expected 'none' or one of "
                      f'{sorted(REMAT_POLICIES)}')
-  if a['attention'] not in ATTENTION_FNS:
-    raise ValueError(f"model.attention={a['attention']!r}; expected one of {sorted(ATTENTION_FNS)}")
+  if a['attention'] not in attention_lib.NAMES:
+    raise ValueError(f"model.attention={a['attention']!r}; expected one of {sorted(attention_lib.NAMES)}")
   if not a['patch_nums'] or any(p <= 0 for p in a['patch_nums']):
     raise ValueError(f"model.patch_nums={a['patch_nums']} must be positive scale sizes")
 
@@ -174,11 +153,13 @@ class Attention(nn.Module):
   depth: int
   attn_l2_norm: bool
   attention: str
+  patch_nums: tuple[int, ...]
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BLC, mask_LS, kv, start):
-    """kv: None (training) or (k_BSHD, v_BSHD) cache buffers written at [start, start + L)."""
+  def __call__(self, x_BLC, kv, start):
+    """kv: None (teacher forcing over the whole pyramid, block-causal) or (k_BSHD, v_BSHD) cache
+    buffers written at [start, start + L) (decoding one scale: it sees the whole prefix)."""
     H, C = self.num_heads, self.embed_dim
     Dh = C // H
     std = math.sqrt(1 / (3 * C))
@@ -202,7 +183,9 @@ class Attention(nn.Module):
     q_BLHD = nn.with_logical_constraint(q_BLHD, names)
     k_BLHD = nn.with_logical_constraint(k_BLHD, names)
     v_BLHD = nn.with_logical_constraint(v_BLHD, names)
+    patch_nums = self.patch_nums
     if kv is not None:
+      patch_nums = None
       k_cache, v_cache = kv
       end = start + x_BLC.shape[1]
       k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BLHD.astype(k_cache.dtype), start, 1)
@@ -210,7 +193,7 @@ class Attention(nn.Module):
       kv = (k_cache, v_cache)
       # Every cached token belongs to this or an earlier scale: no mask needed.
       k_BLHD, v_BLHD = k_cache[:, :end], v_cache[:, :end]
-    o_BLHD = ATTENTION_FNS[self.attention](q_BLHD, k_BLHD, v_BLHD, mask_LS, scale)
+    o_BLHD = attention_lib.attend(self.attention, q_BLHD, k_BLHD, v_BLHD, scale, patch_nums)
     o_BLHD = nn.with_logical_constraint(o_BLHD, names)
     out_BLC = Linear((C,), ('heads', 'kv', 'embed'), std, 1 / math.sqrt(2 * self.depth), n_in=2,
                      dtype=self.dtype, name='proj')(o_BLHD)
@@ -228,10 +211,11 @@ class Block(nn.Module):
   attn_l2_norm: bool
   use_drop_path: bool
   attention: str
+  patch_nums: tuple[int, ...]
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BLC, cond, drop_rate, mask_LS, kv, train, start):
+  def __call__(self, x_BLC, cond, drop_rate, kv, train, start):
     """cond: (B, D) class embedding, or (B, 6, C) shared AdaLN output when shared_aln.
 
     Returns (x_BLC, kv) with kv the updated cache (None in training).
@@ -255,7 +239,7 @@ class Block(nn.Module):
 
     h_BLC = layer_norm(x_BLC, self.norm_eps) * (scale1 + 1) + shift1
     h_BLC, kv = Attention(C, self.num_heads, self.depth, self.attn_l2_norm, self.attention,
-                          self.dtype, name='attn')(h_BLC, mask_LS, kv, start)
+                          self.patch_nums, self.dtype, name='attn')(h_BLC, kv, start)
     x_BLC = x_BLC + drop_path(h_BLC * gamma1)
 
     h_BLC = layer_norm(x_BLC, self.norm_eps) * (scale2 + 1) + shift2
@@ -314,7 +298,7 @@ class VAR(nn.Module):
   dtype: str = 'float32'
   scan_layers: bool = True
   remat_policy: str = 'none'
-  attention: str = 'xla'
+  attention: str = 'auto'
 
   # ---- static structure -------------------------------------------------------------------------
 
@@ -328,12 +312,11 @@ class VAR(nn.Module):
 
   def level_ids(self) -> np.ndarray:
     """Scale index of every position, (L,) int32."""
-    return np.concatenate([np.full(p * p, k, np.int32) for k, p in enumerate(self.patch_nums)])
+    return attention_lib.level_ids(self.patch_nums)
 
   def block_causal_mask(self) -> np.ndarray:
-    """(L, L) bool: position i may attend to j iff scale(j) <= scale(i)."""
-    lvl_L = self.level_ids()
-    return lvl_L[:, None] >= lvl_L[None, :]
+    """(L, L) bool: position i may attend to j iff scale(j) <= scale(i) (the 'xla' path's mask)."""
+    return attention_lib.block_causal_mask(self.patch_nums)
 
   def kv_cache_shape(self, batch: int) -> tuple[int, ...]:
     """Shape of one of the (k, v) decoding buffers: (depth, batch, L, heads, head_dim)."""
@@ -358,31 +341,31 @@ class VAR(nn.Module):
     block_kw = dict(embed_dim=C, num_heads=self.num_heads, depth=self.depth,
                     mlp_ratio=self.mlp_ratio, norm_eps=self.norm_eps, shared_aln=self.shared_aln,
                     attn_l2_norm=self.attn_l2_norm, use_drop_path=self.drop_path_rate > 0,
-                    attention=self.attention, dtype=self._cdtype)
+                    attention=self.attention, patch_nums=pn, dtype=self._cdtype)
     block_cls = Block
     if self.remat_policy != 'none':
-      # static_argnums count `self` as 0: (train, start) are arguments 6 and 7.
+      # static_argnums count `self` as 0: (train, start) are arguments 5 and 6.
       block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy],
-                           prevent_cse=not self.scan_layers, static_argnums=(6, 7))
+                           prevent_cse=not self.scan_layers, static_argnums=(5, 6))
     if self.scan_layers:
       self.blocks = nn.scan(
           block_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast, 0, nn.broadcast, 0, nn.broadcast, nn.broadcast),
+          in_axes=(nn.broadcast, 0, 0, nn.broadcast, nn.broadcast),
           length=self.depth, metadata_params={nn.PARTITION_NAME: 'layers'})(**block_kw)
     else:
       self.blocks = [block_cls(**block_kw) for _ in range(self.depth)]
     self.head_nm = Linear((2, C), ('embed', None, None), std, INIT_ADALN, name='head_nm')
     self.head = Linear((self.vocab_size,), ('embed', 'vocab'), std, INIT_HEAD, name='head')
 
-  def _run_blocks(self, x_BLC, cond_BD, mask_LS, kv, train, start):
+  def _run_blocks(self, x_BLC, cond_BD, kv, train, start):
     cond = self.shared_ada_lin(nn.silu(cond_BD)) if self.shared_aln else cond_BD
     drop_D = jnp.linspace(0.0, self.drop_path_rate, self.depth, dtype=jnp.float32)
     if self.scan_layers:
-      return self.blocks(x_BLC, cond, drop_D, mask_LS, kv, train, start)
+      return self.blocks(x_BLC, cond, drop_D, kv, train, start)
     new_kv = []
     for i, block in enumerate(self.blocks):
       layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-      x_BLC, layer_kv = block(x_BLC, cond, drop_D[i], mask_LS, layer_kv, train, start)
+      x_BLC, layer_kv = block(x_BLC, cond, drop_D[i], layer_kv, train, start)
       new_kv.append(layer_kv)
     if kv is None:
       return x_BLC, None
@@ -420,8 +403,7 @@ class VAR(nn.Module):
     h_BLC = jnp.concatenate([sos_BlC, self.word_embed(x_BLC.astype(jnp.float32))], axis=1)
     h_BLC = (h_BLC + self._lvl_pos(0, L)[None]).astype(self._cdtype)
     h_BLC = nn.with_logical_constraint(h_BLC, ('batch', 'length', 'embed'))
-    mask_LL = jnp.asarray(self.block_causal_mask())
-    h_BLC, _ = self._run_blocks(h_BLC, cond_BD, mask_LL, None, train, 0)
+    h_BLC, _ = self._run_blocks(h_BLC, cond_BD, None, train, 0)
     return self._logits(h_BLC, cond_BD)
 
   # ---- cached decoding (used by sampling.py) ----------------------------------------------------
@@ -440,7 +422,7 @@ class VAR(nn.Module):
   def decode_scale(self, k: int, x_BlC, cond_BD, kv):
     """Runs scale k's tokens through the blocks with the KV cache; returns (logits_BlV, kv)."""
     start = scale_bounds(self.patch_nums)[k][0]
-    h_BlC, kv = self._run_blocks(x_BlC.astype(self._cdtype), cond_BD, None, kv, False, start)
+    h_BlC, kv = self._run_blocks(x_BlC.astype(self._cdtype), cond_BD, kv, False, start)
     return self._logits(h_BlC, cond_BD), kv
 
 

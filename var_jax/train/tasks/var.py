@@ -103,7 +103,7 @@ class VarTask(task_lib.Task):
         depth=16, embed_dim=config_dict.placeholder(int), num_heads=config_dict.placeholder(int),
         mlp_ratio=4.0, norm_eps=1e-6, shared_aln=False, attn_l2_norm=True, cond_drop_rate=0.1,
         drop_path_rate=config_dict.placeholder(float), dtype='float32', scan_layers=True, remat_policy='none',
-        attention='xla'))
+        attention='auto'))
     c.tokenizer = tokenizer_group()
     c.optim = ml_collections.ConfigDict(dict(label_smoothing=0.0))
     return c
