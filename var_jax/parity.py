@@ -23,12 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from var_jax import convert
+from var_jax.models import editing
 from var_jax.models import loss as loss_lib
 from var_jax.models import sampling
 from var_jax.models import tokenizer
 from var_jax.models import var as var_lib
 
-INPUT_KEYS = ('input_img', 'labels')
+INPUT_KEYS = ('input_img', 'labels', 'edit_keep_mask', 'train_img', 'train_labels')
 TOLERANCE = 1e-4
 
 
@@ -166,6 +167,24 @@ def generation_keys(fx: Fixture) -> Dict[str, np.ndarray]:
                      cfg=fx.config['cfg'], top_k=1)
   out = {f'gen_idx_{k}': np.asarray(idx_Bl).astype(np.int64) for k, idx_Bl in enumerate(idx)}
   out['gen_img'] = _nchw(img)
+  return out
+
+
+@register('editing')
+def editing_keys(fx: Fixture) -> Dict[str, np.ndarray]:
+  """edit_idx_k and edit_img: zero-shot editing of input_img (tokenized on the fly) with
+  edit_keep_mask, for the class(es) and the cfg / top-k of config.json's `edit` block."""
+  if 'edit' not in fx.config or 'edit_keep_mask' not in fx.expected:
+    raise Skip('no edit block in config.json or no edit_keep_mask in expected.npz')
+  e = fx.config['edit']
+  vae, vae_params = fixture_tokenizer(fx)
+  model, params = fixture_var(fx)
+  labels = fx.expected[e['labels']] if isinstance(e['labels'], str) else e['labels']
+  idx, img = editing.edit(sampling.make_sampler(model, vae), params, vae_params, labels,
+                          jax.random.key(0), fx.input_img_BHWC(), fx.expected['edit_keep_mask'],
+                          cfg=e['cfg'], top_k=e['top_k'])
+  out = {f'edit_idx_{k}': np.asarray(idx_Bl).astype(np.int64) for k, idx_Bl in enumerate(idx)}
+  out['edit_img'] = _nchw(img)
   return out
 
 
