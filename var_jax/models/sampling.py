@@ -52,7 +52,8 @@ class Sampler:
   """Generates images with a VAR and its VQVAE tokenizer.
 
   `sampler(var_params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False,
-  forced=None)` returns (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3) float32 in [0, 1]).
+  forced=None)` returns (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3)
+  float32 in [0, 1]).
   All knobs and the key are traced: changing them does not recompile. Labels are class indices in
   [0, num_classes]; num_classes is the unconditional class.
   more_smooth: the official visualisation mode, feeding the tokenizer a gumbel-softmax mixture of
