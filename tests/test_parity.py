@@ -27,10 +27,14 @@ def test_cli_reproduces_fixture_a(fixture_a, tmp_path):
   expected = np.load(fixture_a / 'expected.npz')
   result = np.load(out)
   printed = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[:-1]}
-  for key in _tokenizer_keys(expected.files):
+  edit_keys = [k for k in expected.files if k.startswith('edit_') and k not in parity.INPUT_KEYS]
+  assert edit_keys  # edit_idx_k (exact) and edit_img, through the editing path
+  for key in _tokenizer_keys(expected.files) + edit_keys:
     # Same names, shapes and PyTorch layouts as the fixture.
     assert result[key].shape == expected[key].shape, key
     assert printed[key] == 'ok', key
+  # Inputs are not reported (not even as skipped).
+  assert not set(printed) & set(parity.INPUT_KEYS)
   assert proc.stdout.splitlines()[-1].endswith(' 0 failed')
 
 
@@ -92,4 +96,4 @@ def test_var_keys_from_own_tokens(fixture_a):
   for key in ('logits', 'ce_loss'):
     row = parity.compare(key, out[key], fx.expected[key])
     assert row.status == 'ok', (key, row.detail)
-  assert {'var', 'generation'} <= set(parity.PRODUCERS)
+  assert {'var', 'generation', 'editing'} <= set(parity.PRODUCERS)

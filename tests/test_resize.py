@@ -1,4 +1,4 @@
-"""Resize matrices against torch F.interpolate and an independent naive 2-D loop."""
+"""Resize matrices (area, bicubic, bilinear) against torch F.interpolate and a naive 2-D loop."""
 import fractions
 import math
 
@@ -50,7 +50,8 @@ def test_area_resize_matches_naive_loop():
 
 
 _MODES = {'area': (resize.area_matrix, resize.area_resize, {}),
-          'bicubic': (resize.bicubic_matrix, resize.bicubic_resize, {'align_corners': False})}
+          'bicubic': (resize.bicubic_matrix, resize.bicubic_resize, {'align_corners': False}),
+          'bilinear': (resize.bilinear_matrix, resize.bilinear_resize, {'align_corners': False})}
 
 
 @pytest.mark.parametrize('mode', sorted(_MODES))
@@ -76,6 +77,17 @@ def test_resize_matches_torch(torch_f, mode, size_in, size_out):
   np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=0, atol=1e-5)
 
 
+def test_bilinear_weights_equal_torch_bit_for_bit(torch_f):
+  # Editing thresholds the resized mask at 0.5: an ulp off in a weight can flip a token.
+  torch, F = torch_f
+  for n_in in range(1, 34):
+    eye = torch.eye(n_in, dtype=torch.float32).reshape(n_in, 1, 1, n_in)
+    for n_out in range(1, 34):
+      want = F.interpolate(eye, size=(1, n_out), mode='bilinear', align_corners=False)
+      np.testing.assert_array_equal(resize.bilinear_matrix(n_in, n_out),
+                                    want.reshape(n_in, n_out).numpy().T, err_msg=f'{n_in}->{n_out}')
+
+
 def test_bicubic_differs_from_jax_image_resize():
   # Guards the reason this module exists: jax's cubic is not torch's.
   import jax  # pylint: disable=g-import-not-at-top
@@ -89,8 +101,10 @@ def test_rows_sum_to_one_and_same_size_is_identity():
   for n_in, n_out in SIZES:
     np.testing.assert_allclose(resize.area_matrix(n_in, n_out).sum(1), 1, atol=1e-6)
     np.testing.assert_allclose(resize.bicubic_matrix(n_in, n_out).sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(resize.bilinear_matrix(n_in, n_out).sum(1), 1, atol=1e-6)
   np.testing.assert_array_equal(resize.bicubic_matrix(5, 5), np.eye(5, dtype=np.float32))
   np.testing.assert_array_equal(resize.area_matrix(5, 5), np.eye(5, dtype=np.float32))
+  np.testing.assert_array_equal(resize.bilinear_matrix(5, 5), np.eye(5, dtype=np.float32))
 
 
 def test_bad_size_is_a_clear_error():

@@ -21,12 +21,13 @@ import numpy as np
 
 from var_jax import cli
 from var_jax import errors
+from var_jax.models import editing
 from var_jax.models import loss as loss_lib
 from var_jax.models import sampling
 from var_jax.weights import fixture as fixture_lib
 
 PROG = 'var-parity'
-INPUT_KEYS = ('input_img', 'labels')
+INPUT_KEYS = ('input_img', 'labels', 'edit_keep_mask', 'train_img', 'train_labels')
 TOLERANCE = 1e-4
 Fixture = fixture_lib.Fixture
 
@@ -105,6 +106,24 @@ def generation_keys(fx: Fixture) -> Dict[str, np.ndarray]:
   return out
 
 
+@register('editing')
+def editing_keys(fx: Fixture) -> Dict[str, np.ndarray]:
+  """edit_idx_k and edit_img: zero-shot editing of input_img (tokenized on the fly) with
+  edit_keep_mask, for the class(es) and the cfg / top-k of config.json's `edit` block."""
+  if 'edit' not in fx.config or 'edit_keep_mask' not in fx.expected:
+    raise fixture_lib.MissingPart('no edit block in config.json or no edit_keep_mask in expected.npz')
+  e = fx.config['edit']
+  vae, vae_params = fx.tokenizer()
+  model, params = fx.var()
+  labels = fx.expected[e['labels']] if isinstance(e['labels'], str) else e['labels']
+  idx, img = editing.edit(sampling.make_sampler(model, vae), params, vae_params, labels,
+                          jax.random.key(0), input_img_BHWC(fx), fx.expected['edit_keep_mask'],
+                          cfg=e['cfg'], top_k=e['top_k'])
+  out = {f'edit_idx_{k}': np.asarray(idx_Bl).astype(np.int64) for k, idx_Bl in enumerate(idx)}
+  out['edit_img'] = _nchw(img)
+  return out
+
+
 @dataclasses.dataclass
 class Row:
   key: str
@@ -133,7 +152,7 @@ def check_fixture(path: str) -> Tuple[Dict[str, np.ndarray], List[Row]]:
     for group, producer in PRODUCERS.items():
       try:
         computed.update(producer(fx))
-      except fixture_lib.MissingWeights as e:
+      except fixture_lib.MissingPart as e:
         reasons.append(f'{group}: {e}')
   skipped_why = '; '.join(reasons) or 'no producer for this key'
   rows = []

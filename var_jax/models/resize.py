@@ -1,8 +1,9 @@
 """Resizing that matches PyTorch's `F.interpolate` exactly, as per-axis matrices.
 
 VAR moves features between scales with `F.interpolate(mode='area')` (down) and
-`F.interpolate(mode='bicubic', align_corners=False)` (up). Both are separable, so a
-2-D resize is one (n_out, n_in) matrix per spatial axis. `jax.image.resize` differs
+`F.interpolate(mode='bicubic', align_corners=False)` (up); zero-shot editing resizes its
+keep mask with `mode='bilinear'` (align_corners=False, no antialiasing). All three are
+separable, so a 2-D resize is one (n_out, n_in) matrix per spatial axis. `jax.image.resize` differs
 from both (it antialiases and uses a different cubic kernel), so we build the torch
 weights ourselves. Matrices are computed in float64 on the host and cast to float32.
 """
@@ -76,6 +77,29 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
   return _bicubic_matrix(int(n_in), int(n_out)).copy()
 
 
+@functools.lru_cache(maxsize=None)
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+  _check_sizes(n_in, n_out)
+  m = np.zeros((n_out, n_in), np.float64)
+  scale = np.float32(n_in) / np.float32(n_out)
+  for i in range(n_out):
+    # align_corners=False; linear modes clamp negative source coords to 0. torch's CPU kernel
+    # computes scale * (i + 0.5) - 0.5 as one fused multiply-add in float32: exact in float64,
+    # rounded once (a separate rounding of the product moves some weights by an ulp).
+    src = np.float32(float(scale) * (i + 0.5) - 0.5)
+    src = max(src, np.float32(0))
+    base = min(int(np.floor(src)), n_in - 1)
+    t = np.float32(min(max(src - np.float32(base), np.float32(0)), np.float32(1)))
+    m[i, base] += np.float32(1) - t
+    m[i, min(base + 1, n_in - 1)] += t  # the last pixel is its own right neighbour
+  return m.astype(np.float32)
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) float32 weights of torch bilinear (align_corners=False, no antialias)."""
+  return _bilinear_matrix(int(n_in), int(n_out)).copy()
+
+
 def _resize(x_BhwC: jax.Array, size: Tuple[int, int], matrix_fn) -> jax.Array:
   h_out, w_out = (int(s) for s in size)
   _, h_in, w_in, _ = x_BhwC.shape
@@ -97,3 +121,13 @@ def area_resize(x_BhwC: jax.Array, size: Tuple[int, int]) -> jax.Array:
 def bicubic_resize(x_BhwC: jax.Array, size: Tuple[int, int]) -> jax.Array:
   """Torch `bicubic` (align_corners=False) resize of an NHWC array to `size` = (h, w)."""
   return _resize(x_BhwC, size, _bicubic_matrix)
+
+
+def bilinear_resize(x_BhwC: jax.Array, size: Tuple[int, int]) -> jax.Array:
+  """Torch `bilinear` (align_corners=False, no antialias) resize of an NHWC array to `size`.
+
+  Torch sums along the width first, then the height; resizing the transposed array keeps
+  that rounding order, which matters where the result is thresholded (editing masks).
+  """
+  h_out, w_out = size
+  return _resize(x_BhwC.swapaxes(1, 2), (w_out, h_out), _bilinear_matrix).swapaxes(1, 2)

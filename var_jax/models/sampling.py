@@ -7,6 +7,10 @@ update the tokenizer's f_hat (`ar_step`), whose area-downsampled next-scale map 
 
 Each scale is one jit-compiled step with static shapes (the KV cache is preallocated for all L
 positions and written in place), so after the first call with given shapes nothing recompiles.
+
+The same step can force tokens (`forced`): where a per-scale keep mask is set, given tokens
+replace the sampled ones before f_hat is updated. That is the official zero-shot editing
+(`editing.edit` builds the masks); plain sampling passes None and compiles its own, unchanged step.
 """
 from __future__ import annotations
 
@@ -47,12 +51,16 @@ def guidance_ratio(k: int, num_scales: int) -> float:
 class Sampler:
   """Generates images with a VAR and its VQVAE tokenizer.
 
-  `sampler(var_params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False)`
-  returns (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3) float32 in [0, 1]).
+  `sampler(var_params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False,
+  forced=None)` returns (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3)
+  float32 in [0, 1]).
   All knobs and the key are traced: changing them does not recompile. Labels are class indices in
   [0, num_classes]; num_classes is the unconditional class.
   more_smooth: the official visualisation mode, feeding the tokenizer a gumbel-softmax mixture of
   codebook vectors instead of the sampled tokens' (the returned indices are still the sampled ones).
+  forced: None, or one pair (keep_Bl bool, idx_Bl int) per scale, both (B, pn_k²): where keep_Bl
+  is set, idx_Bl's tokens replace the sampled ones, in f_hat and in the returned indices (the
+  masks are traced: new masks do not recompile).
   """
 
   def __init__(self, var_model: var_lib.VAR, vae_model: Any):
@@ -84,7 +92,7 @@ class Sampler:
     return kv, {'x': x_2BlC, 'cond': cond_2BD, 'rng': rng,
                 'f_hat': jnp.zeros((B, pn, pn, self.vae.z_channels), jnp.float32)}
 
-  def _step_fn(self, k, var_params, vae_params, kv, state, cfg, top_k, top_p, more_smooth):
+  def _step_fn(self, k, var_params, vae_params, kv, state, cfg, top_k, top_p, more_smooth, forced):
     var_vars, vae_vars = {'params': var_params}, {'params': vae_params}
     logits_2BlV, kv = self.var.apply(var_vars, k, state['x'], state['cond'], kv,
                                      method=var_lib.VAR.decode_scale)
@@ -108,6 +116,11 @@ class Sampler:
 
     hard_h = lambda: self.vae.apply(vae_vars, idx_Bl, method='embed')
     h_BlC = jax.lax.cond(more_smooth, smooth_h, hard_h)
+    if forced is not None:
+      keep_Bl, given_Bl = forced
+      idx_Bl = jnp.where(keep_Bl, given_Bl, idx_Bl)
+      given_BlC = self.vae.apply(vae_vars, given_Bl, method='embed')
+      h_BlC = jnp.where(keep_Bl[..., None], given_BlC, h_BlC)
     pn = self.patch_nums[k]
     f_hat, next_BnnC = self.vae.apply(vae_vars, k, state['f_hat'],
                                       h_BlC.reshape(B, pn, pn, -1), method='ar_step')
@@ -125,7 +138,7 @@ class Sampler:
   # ---- public -----------------------------------------------------------------------------------
 
   def __call__(self, var_params, vae_params, label_B, rng, cfg: float = 1.5, top_k: int = 0,
-               top_p: float = 0.0, more_smooth: bool = False):
+               top_p: float = 0.0, more_smooth: bool = False, forced=None):
     if cfg < 0:
       raise ValueError(f'cfg must be >= 0, got {cfg}')
     if not 0 <= top_k <= self.var.vocab_size:
@@ -136,13 +149,30 @@ class Sampler:
     if label_B.ndim != 1 or not label_B.size:
       raise ValueError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
     var_lib.check_labels(label_B, self.var.num_classes)
+    if forced is not None:
+      forced = self._check_forced(forced, label_B.shape[0])
     kv, state = self._begin(var_params, jnp.asarray(label_B, jnp.int32), rng)
     knobs = (jnp.float32(cfg), jnp.int32(top_k), jnp.float32(top_p), jnp.bool_(more_smooth))
     idx_list = []
-    for step in self._steps:
-      kv, state, idx_Bl = step(var_params, vae_params, kv, state, *knobs)
+    for k, step in enumerate(self._steps):
+      kv, state, idx_Bl = step(var_params, vae_params, kv, state, *knobs,
+                               None if forced is None else forced[k])
       idx_list.append(idx_Bl)
     return idx_list, self._finish(vae_params, state['f_hat'])
+
+  def _check_forced(self, forced, batch: int):
+    """forced as (bool, int32) device arrays, or ValueError naming the scale that is wrong."""
+    if len(forced) != len(self.patch_nums):
+      raise ValueError(f'forced must hold one (keep, idx) pair per scale ({len(self.patch_nums)}), '
+                       f'got {len(forced)}')
+    out = []
+    for k, ((keep_Bl, idx_Bl), pn) in enumerate(zip(forced, self.patch_nums)):
+      for name, x in (('keep', keep_Bl), ('idx', idx_Bl)):
+        if tuple(x.shape) != (batch, pn * pn):
+          raise ValueError(f'forced[{k}] {name} must have shape ({batch}, {pn * pn}), '
+                           f'got {tuple(x.shape)}')
+      out.append((jnp.asarray(keep_Bl, jnp.bool_), jnp.asarray(idx_Bl, jnp.int32)))
+    return out
 
 
 def make_sampler(var_model: var_lib.VAR, vae_model: Any) -> Sampler:

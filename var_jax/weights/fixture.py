@@ -22,8 +22,8 @@ from var_jax.weights import var as var_weights
 from var_jax.weights import vqvae
 
 
-class MissingWeights(errors.WeightsError):
-  """The fixture folder lacks one of the models' weights (what can be checked without it still is)."""
+class MissingPart(errors.ConfigError):
+  """The fixture folder lacks a part (a model's weights, a block of keys); the rest is still checked."""
 
 
 def vae_attributes(config: dict[str, Any], what: str = 'fixture config') -> dict[str, Any]:
@@ -66,7 +66,7 @@ class Fixture:
     for name in (f'{stem}_state.npz', f'{stem}.pth'):
       if os.path.exists(os.path.join(self.path, name)):
         return sd.read_state_dict(os.path.join(self.path, name))
-    raise MissingWeights(f'no {stem}_state.npz or {stem}.pth in {self.path}')
+    raise MissingPart(f'no {stem}_state.npz or {stem}.pth in {self.path}')
 
   def tokenizer(self) -> tuple[tokenizer.VQVAE, sd.Params]:
     """The fixture's VQVAE and its converted params."""
