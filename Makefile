@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo install clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,torch]'
+	# The FID reference for tests/test_inception.py only. Its package requires torchvision, whose wheel does not
+	# load beside the CPU torch; the test loads the one module it needs, so torchvision is left out.
+	$(PY) -m pip install -q --no-deps torch-fidelity==0.4.0
 	touch $(STAMP)
 
 install: $(STAMP)

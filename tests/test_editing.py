@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from var_jax import convert
 from var_jax.models import editing
 from var_jax.models import sampling
 from var_jax.models import tokenizer
 from var_jax.models import var as var_lib
+from var_jax.weights import vqvae
 
 PATCH_NUMS = (1, 3, 4)  # only the 1-token scale is always kept; 4 -> 3 resizes unevenly
 VAE_KW = dict(vocab_size=32, z_channels=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, norm_groups=8,
@@ -38,7 +38,7 @@ def tiny():
   var_shapes = jax.eval_shape(var.init, jax.random.key(0), jnp.zeros((1,), jnp.int32),
                               jnp.zeros((1, L, var.cvae)))['params']
   var_params = _random(var_shapes, 0, 0.3)
-  vae_params = _random(convert.vae_param_shapes(vae), 1, 0.3)
+  vae_params = _random(vqvae.param_shapes(vae), 1, 0.3)
   img = np.random.default_rng(2).uniform(-1, 1, (2, vae.image_size, vae.image_size, 3))
   img = jnp.asarray(img, jnp.float32)
   idx = jax.jit(lambda p, x: vae.apply({'params': p}, x, method='img_to_idx'))(vae_params, img)
