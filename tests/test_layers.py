@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / 'var_jax'
-ENTRY_POINTS = ('cli', 'convert', 'sample', 'tokenize', 'parity', 'demo', 'sweep', 'fit', 'bench', 'edit',
+ENTRY_POINTS = ('cli', 'convert', 'sample', 'tokenize', 'parity', 'demo', 'sweep', 'fit', 'bench', 'compare', 'edit',
                 'evaluate')
 LAYERS = {'errors': 0, 'models': 1, 'flops': 1, 'weights': 2, 'sharding': 3, 'data': 4, 'train': 5, 'eval': 5,
           'scaling': 6, **{name: 7 for name in ENTRY_POINTS}}

@@ -26,7 +26,7 @@ from var_jax.train import engine as engine_lib
 from var_jax.train import perf
 
 PROG = 'var-bench'
-MODES = ('train', 'sample')
+MODES = ('train', 'sample', 'compare')
 
 
 def _define_flags() -> None:
@@ -41,6 +41,9 @@ def _define_flags() -> None:
   flags.DEFINE_string('attention', 'auto', 'model.attention.')
   flags.DEFINE_float('peak-tflops', None, 'Per-device peak TFLOP/s for MFU (default: table).')
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+  flags.DEFINE_string('official', None, 'compare: a checkout of github.com/FoundationVision/VAR (torch needed).')
+  flags.DEFINE_enum('what', 'train', ['train', 'sample'], 'compare: the train step or sampling.')
+  flags.DEFINE_integer('rounds', 5, 'compare: alternating rounds; each framework times --steps per round.')
 
 
 def bench_config(*, depth: int, batch: int, vocab: int, patch_nums, dtype: str, steps: int,
@@ -117,10 +120,28 @@ def bench_sample(engine: engine_lib.Engine, steps: int, peak: float | None) -> d
                   flops_per_call, engine.tokens_per_step, peak)
 
 
+def _compare(f) -> None:
+  """`compare`: the official code and var_jax side by side; the ratio official / var_jax is printed last."""
+  from var_jax import compare  # pylint: disable=g-import-not-at-top
+  setup = compare.Setup(mode=f.what, depth=f.depth, batch=f.batch, vocab=f.vocab,
+                        patch_nums=tuple(int(p) for p in f['patch-nums'].value),
+                        official=compare.check_official(f.official))
+  result = compare.compare(setup, f.rounds, f.steps)
+  if f.json:
+    print(json.dumps(result))
+    return
+  for key, value in result.items():
+    print(f'{key:>16}: {value}')
+  print(f'official / var_jax ({f.what}, depth {f.depth}, batch {f.batch}): {result["ratio"]:.3f}')
+
+
 def main(argv):
   f = flags.FLAGS
   if len(argv) != 2 or argv[1] not in MODES:
     raise errors.ConfigError(f'usage: python -m var_jax.bench {{{"|".join(MODES)}}} [--flags]')
+  if argv[1] == 'compare':
+    _compare(f)
+    return
   cfg = bench_config(depth=f.depth, batch=f.batch, vocab=f.vocab, patch_nums=f['patch-nums'].value,
                      dtype=f.dtype, steps=f.steps, mesh=f.mesh, remat=f.remat, attention=f.attention)
   engine = engine_lib.Engine(config_lib.resolve(cfg, jax.device_count()))
