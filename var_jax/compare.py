@@ -19,6 +19,7 @@ The tokenizer is a small random one on both sides (only its codebook and phi con
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import statistics
@@ -59,9 +60,7 @@ def _import_official(checkout: str):
   except ImportError:
     raise errors.MissingDependencyError('compare: the official code needs torch: pip install '
                                         "'var_jax[torch]'") from None
-  try:
-    import huggingface_hub  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:  # the mixin only adds hub upload/download methods, which a benchmark never calls
+  if importlib.util.find_spec('huggingface_hub') is None:  # its mixin only adds hub upload/download methods
     sys.modules['huggingface_hub'] = types.SimpleNamespace(PyTorchModelHubMixin=type('PyTorchModelHubMixin', (), {}))
   sys.path.insert(0, checkout)
   import models  # pylint: disable=g-import-not-at-top
@@ -198,10 +197,8 @@ def check_official(path: str | None) -> str:
                                                                                                    'dist.py')):
     raise errors.ConfigError(f'compare: --official={path} is not a checkout of FoundationVision/VAR (no '
                              'models/var.py and dist.py)')
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    raise errors.MissingDependencyError("compare: the official code needs torch: pip install 'var_jax[torch]'") from None
+  if importlib.util.find_spec('torch') is None:
+    raise errors.MissingDependencyError("compare: the official code needs torch: pip install 'var_jax[torch]'")
   return os.path.abspath(path)
 
 
