@@ -21,6 +21,7 @@ MID_RATIO = 1.125  # train: shorter side resized to round(MID_RATIO * image_size
 MIN_SIDE = 8  # images with a shorter side below this are skipped as 'tiny'
 # synthetic_shapes sizes: a build of about a minute on one core.
 SHAPES_NUM_TRAIN, SHAPES_NUM_EVAL, SHAPES_MAX_SHAPES = 20_000, 1_000, 3
+SHAPES_RADIUS = (0.12, 0.4)  # range of shape radii, as fractions of the image side
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -44,6 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
       'num_eval': SHAPES_NUM_EVAL,
       'max_shapes': SHAPES_MAX_SHAPES,
       'synthetic_seed': 0,
+      'synthetic_style': 'rich',  # rich | plain (flat shapes in palette colours on a flat background: the demo's)
+      'synthetic_classes': '',  # comma-separated shape kinds to draw (labels index them); '' for all ten
+      'synthetic_radius': SHAPES_RADIUS,  # (low, high)
   })
 
 

@@ -46,7 +46,8 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
     return synthetic_shapes.prepare(
         ddir, image_size=option(data_cfg, 'image_size'), num_train=option(data_cfg, 'num_train'),
         num_eval=option(data_cfg, 'num_eval'), max_shapes=option(data_cfg, 'max_shapes'),
-        seed=option(data_cfg, 'synthetic_seed'))
+        seed=option(data_cfg, 'synthetic_seed'), style=option(data_cfg, 'synthetic_style'),
+        classes=option(data_cfg, 'synthetic_classes'), radius=option(data_cfg, 'synthetic_radius'))
   if name == 'image_folder':
     path = option(data_cfg, 'path')
     if not path:

@@ -1,10 +1,14 @@
 """`synthetic_shapes`: a TFDS dataset of coloured geometric shapes drawn locally, with no download.
 
-Each image shows 1..max_shapes shapes of one kind (the class label) over a random background (flat, linear
-gradient, stripes or smooth colour noise). Shapes vary in size, position, rotation, aspect, colour and fill
-(flat or gradient, some outlined), and may overlap or leave the frame. The variation is continuous, so a
-bigger generative model keeps finding structure to fit; drawing is cheap (anti-aliased by drawing masks at
-4x and box-reducing): several hundred 64x64 images per second per core, built in parallel processes.
+Each image shows 1..max_shapes shapes of one kind (the class label). Style 'rich' (the default) draws them
+over a random background (flat, linear gradient, stripes or smooth colour noise); shapes vary in size,
+position, rotation, aspect, colour and fill (flat or gradient, some outlined), and may overlap or leave the
+frame. Style 'plain' (the CPU demo's) draws flat shapes inside the frame over a flat background, in
+distinct colours of an eight-colour palette: what a small tokenizer can reconstruct and a small classifier can recognise. The variation is
+continuous, so a bigger generative model keeps finding structure to fit; drawing is cheap (anti-aliased by
+drawing masks at 4x and box-reducing): several hundred 64x64 images per second per core, built in parallel
+processes. `classes` picks a subset of the shape kinds (labels index the subset) and `radius` the range of
+shape sizes, as fractions of the image side.
 
 Build one with `prepare(data_dir, image_size=64, num_train=..., num_eval=...)` (or let `make_loader` do it).
 """
@@ -14,6 +18,7 @@ import io
 import math
 import multiprocessing
 import os
+from typing import Sequence
 
 from etils import epath
 import numpy as np
@@ -21,9 +26,15 @@ import PIL.Image
 import PIL.ImageDraw
 import tensorflow_datasets as tfds
 
+from var_jax import errors
 from var_jax.data import config
 
 SHAPES = ('circle', 'square', 'triangle', 'pentagon', 'hexagon', 'star', 'cross', 'ring', 'crescent', 'arrow')
+STYLES = ('rich', 'plain')
+RADIUS = config.SHAPES_RADIUS
+# 'plain' colours: eight far apart, so a shape always stands out from its background.
+PALETTE = np.array([(0, 0, 0), (255, 255, 255), (230, 40, 40), (40, 180, 60), (40, 80, 230), (250, 210, 40),
+                    (150, 60, 200), (250, 130, 30)], np.float32)
 _SUPERSAMPLE = 4
 _SPLIT_SEEDS = {'train': 0, 'validation': 1}
 _MIN_PER_WORKER = 1000  # Below this, starting a worker process costs more than it saves.
@@ -87,10 +98,13 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
   return c0 + t[..., None] * (c1 - c0)
 
 
-def _sample_pose(rng: np.random.Generator, size: int) -> dict:
-  """Random placement of one shape, in supersampled pixels."""
+def _sample_pose(rng: np.random.Generator, size: int, radius: tuple[float, float] = RADIUS,
+                 inside: bool = False) -> dict:
+  """Random placement of one shape, in supersampled pixels; `inside` keeps its centre a radius from the edges."""
   big = size * _SUPERSAMPLE
-  return dict(radius=rng.uniform(0.12, 0.4) * big, cx=rng.uniform(0.1, 0.9) * big, cy=rng.uniform(0.1, 0.9) * big,
+  r = rng.uniform(*radius)
+  lo, hi = (min(r, 0.5), max(1 - r, 0.5)) if inside else (0.1, 0.9)
+  return dict(radius=r * big, cx=rng.uniform(lo, hi) * big, cy=rng.uniform(lo, hi) * big,
               angle=rng.uniform(0, 2 * math.pi), aspect=rng.uniform(0.65, 1.0), hole=rng.uniform(0.45, 0.7),
               shift=rng.uniform(0.35, 0.6))
 
@@ -129,19 +143,38 @@ def _fill(rng: np.random.Generator, size: int) -> np.ndarray:
   return c0 + t[..., None] * (_colour(rng) - c0)
 
 
-def draw_example(rng: np.random.Generator, image_size: int = 64, max_shapes: int = 3) -> tuple[np.ndarray, int]:
-  """Draws one image; returns (img_HWC uint8, label) with label the index of the shape kind in `SHAPES`."""
-  label = int(rng.integers(len(SHAPES)))
+def _draw_rich(rng: np.random.Generator, kind: str, image_size: int, max_shapes: int,
+               radius: tuple[float, float]) -> np.ndarray:
   canvas = _background(rng, image_size)
-  kind = SHAPES[label]
   for _ in range(int(rng.integers(1, max_shapes + 1))):
-    pose = _sample_pose(rng, image_size)
+    pose = _sample_pose(rng, image_size, radius)
     if rng.random() < 0.3:  # Outlined: the whole shape in a rim colour, then a shrunken copy in the fill.
       canvas += _mask(kind, pose, image_size)[..., None] * (_colour(rng) - canvas)
       alpha = _mask(kind, pose, image_size, scale=rng.uniform(0.7, 0.85))
     else:
       alpha = _mask(kind, pose, image_size)
     canvas += alpha[..., None] * (_fill(rng, image_size) - canvas)
+  return canvas
+
+
+def _draw_plain(rng: np.random.Generator, kind: str, image_size: int, max_shapes: int,
+                radius: tuple[float, float]) -> np.ndarray:
+  colours = rng.permutation(len(PALETTE))  # The background's, then the shapes' (shapes share colours past 7).
+  canvas = np.broadcast_to(PALETTE[colours[0]], (image_size, image_size, 3)).copy()
+  for i in range(int(rng.integers(1, max_shapes + 1))):
+    alpha = _mask(kind, _sample_pose(rng, image_size, radius, inside=True), image_size)
+    canvas += alpha[..., None] * (PALETTE[colours[1 + i % (len(PALETTE) - 1)]] - canvas)
+  return canvas
+
+
+_DRAW = {'rich': _draw_rich, 'plain': _draw_plain}
+
+
+def draw_example(rng: np.random.Generator, image_size: int = 64, max_shapes: int = 3, style: str = 'rich',
+                 classes: tuple[str, ...] = SHAPES, radius: tuple[float, float] = RADIUS) -> tuple[np.ndarray, int]:
+  """Draws one image; returns (img_HWC uint8, label) with label the index of the shape kind in `classes`."""
+  label = int(rng.integers(len(classes)))
+  canvas = _DRAW[style](rng, classes[label], image_size, max_shapes, radius)
   return np.clip(canvas + 0.5, 0, 255).astype(np.uint8), label
 
 
@@ -153,17 +186,44 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   num_eval: int = config.SHAPES_NUM_EVAL
   max_shapes: int = config.SHAPES_MAX_SHAPES
   seed: int = 0
+  style: str = 'rich'
+  classes: tuple[str, ...] = SHAPES
+  radius: tuple[float, float] = RADIUS
 
 
-def make_config(image_size: int = 64, num_train: int = config.SHAPES_NUM_TRAIN, num_eval: int = config.SHAPES_NUM_EVAL,
-                max_shapes: int = config.SHAPES_MAX_SHAPES, seed: int = 0) -> SyntheticShapesConfig:
+def _class_tuple(classes: str | Sequence[str]) -> tuple[str, ...]:
+  """`classes` as a tuple of shape kinds: a sequence, or one comma-separated string ('' for all of them)."""
+  if isinstance(classes, str):
+    classes = [k.strip() for k in classes.split(',') if k.strip()]
+  classes = tuple(classes) or SHAPES
+  bad = [k for k in classes if k not in SHAPES]
+  if bad or len(set(classes)) != len(classes):
+    raise errors.ConfigError(f'synthetic_shapes: classes must be distinct names from {SHAPES}, got {classes}')
+  return classes
+
+
+def make_config(image_size: int = 64, num_train: int = config.SHAPES_NUM_TRAIN,
+                num_eval: int = config.SHAPES_NUM_EVAL, max_shapes: int = config.SHAPES_MAX_SHAPES, seed: int = 0,
+                style: str = 'rich', classes: str | Sequence[str] = SHAPES,
+                radius: Sequence[float] = RADIUS) -> SyntheticShapesConfig:
   for key, value, low in (('image_size', image_size, 8), ('num_train', num_train, 1), ('num_eval', num_eval, 1),
                           ('max_shapes', max_shapes, 1)):
     if int(value) < low:
-      raise ValueError(f'synthetic_shapes: {key} must be >= {low}, got {value}')
+      raise errors.ConfigError(f'synthetic_shapes: {key} must be >= {low}, got {value}')
+  if style not in STYLES:
+    raise errors.ConfigError(f'synthetic_shapes: style must be one of {STYLES}, got {style!r}')
+  radius = tuple(float(r) for r in radius)
+  if len(radius) != 2 or not 0 < radius[0] <= radius[1] <= 0.5:
+    raise errors.ConfigError(f'synthetic_shapes: radius must be (low, high) with 0 < low <= high <= 0.5, got {radius}')
+  classes = _class_tuple(classes)
   name = f'r{image_size}_n{num_train}_e{num_eval}_s{max_shapes}_seed{seed}'
+  # Only what differs from the default images is named, so the default dataset keeps its name.
+  name += '' if style == 'rich' else f'_{style}'
+  name += '' if classes == SHAPES else '_c' + ''.join(str(SHAPES.index(k)) for k in classes)
+  name += '' if radius == RADIUS else f'_z{radius[0]:g}-{radius[1]:g}'
   return SyntheticShapesConfig(name=name, image_size=int(image_size), num_train=int(num_train),
-                               num_eval=int(num_eval), max_shapes=int(max_shapes), seed=int(seed))
+                               num_eval=int(num_eval), max_shapes=int(max_shapes), seed=int(seed), style=style,
+                               classes=classes, radius=radius)
 
 
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
@@ -181,7 +241,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
         description='Coloured geometric shapes drawn locally; label = shape kind.',
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(size, size, 3)),
-            'label': tfds.features.ClassLabel(names=SHAPES),
+            'label': tfds.features.ClassLabel(names=self.builder_config.classes),
         }),
         supervised_keys=('image', 'label'),
     )
@@ -194,7 +254,8 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, num: int):
     cfg = self.builder_config
-    jobs = ((cfg.seed, _SPLIT_SEEDS[split], i, cfg.image_size, cfg.max_shapes) for i in range(num))
+    jobs = ((cfg.seed, _SPLIT_SEEDS[split], i, cfg.image_size, cfg.max_shapes, cfg.style, cfg.classes, cfg.radius)
+            for i in range(num))
     workers = min(self.num_workers, num // _MIN_PER_WORKER)
     if workers > 1:
       # 'spawn': the caller may hold JAX threads, which a fork would copy mid-flight.
@@ -204,10 +265,10 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
       yield from enumerate(map(_draw_encoded, jobs))
 
 
-def _draw_encoded(job: tuple[int, int, int, int, int]) -> dict:
+def _draw_encoded(job: tuple) -> dict:
   """One example, seeded by (seed, split, index) alone so it never depends on order or parallelism."""
-  seed, split_seed, index, image_size, max_shapes = job
-  img, label = draw_example(np.random.default_rng([seed, split_seed, index]), image_size, max_shapes)
+  seed, split_seed, index, *drawing = job
+  img, label = draw_example(np.random.default_rng([seed, split_seed, index]), *drawing)
   buf = io.BytesIO()
   PIL.Image.fromarray(img).save(buf, format='PNG', compress_level=1)  # 2x faster than the default, ~10% bigger.
   return {'image': buf.getvalue(), 'label': label}
