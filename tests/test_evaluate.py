@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import pytest
 from scipy import linalg
 
 from var_jax import errors
+from var_jax import evaluate
 from var_jax.eval import features
 from var_jax.eval import generate
 from var_jax.eval import quality
@@ -220,11 +222,22 @@ def test_stats_only_reference_skips_precision_recall_and_checks_dimension(tmp_pa
     quality.reference(str(tmp_path / 'wrong.npz'), ext)
 
 
+@pytest.mark.parametrize('overrides, message', [
+    (dict(images='x', features=None), '--images needs --features'),
+    (dict(images=None, var='v.pth'), '--var needs --tokenizer'),
+    (dict(reference='r.npz', features=None), '--reference needs --features'),
+    (dict(chunk_size=0), '--chunk_size must be positive'),
+])
+def test_flag_checks(overrides, message):
+  f = dict(images='x', var=None, workdir=None, tokenizer=None, out='o', reference=None, features='tiny', cfg=1.5,
+           num_samples=1, per_class=1, batch_size=1, chunk_size=1, feature_batch_size=1)
+  with pytest.raises(errors.ConfigError, match=message):
+    evaluate._check_flags(types.SimpleNamespace(**dict(f, **overrides)))
+
+
 @pytest.mark.parametrize('argv, message', [
     (('--images=x.npz', '--features=inception:/no/such/pt_inception.pth', '--out=o'), '/no/such/pt_inception.pth'),
     (('--num_samples=10', '--out=o'), 'num_samples=10'),
-    (('--workdir=/no/such/run', '--out=o'), 'not a training workdir'),
-    (('--images=x', '--out=o'), '--images needs --features'),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(setup, argv, message):
   argv = setup['model_flags'] + list(argv) if argv[0].startswith('--num_samples') else argv
