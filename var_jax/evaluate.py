@@ -160,6 +160,9 @@ def main(argv: Sequence[str]) -> None:
     record.update(quality.measure(samples, ref, extractor.num_classes))
     if samples.labels is None and extractor.num_classes:
       notes.append('sample_accuracy needs the class of every image (arr_1 in an .npz); none given')
+    elif record['sample_accuracy'] is None and extractor.num_classes:
+      notes.append(f'sample_accuracy: labels up to {int(samples.labels.max())} are not classes of the '
+                   f'extractor ({extractor.num_classes})')
   record.update(notes=notes, seconds=time.perf_counter() - start)
   os.makedirs(f.out, exist_ok=True)
   path = os.path.join(f.out, METRICS_JSON)

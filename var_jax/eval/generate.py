@@ -94,8 +94,8 @@ def _write_chunk(path: str, **arrays: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
-def check_plan(out_dir: str, plan: Plan) -> None:
-  """Writes OUT/plan.json, or ConfigError when the folder holds the samples of a different plan."""
+def check_plan(out_dir: str, plan: Plan, write: bool = True) -> None:
+  """ConfigError when OUT holds the samples of a different plan; else writes OUT/plan.json if `write`."""
   path = os.path.join(out_dir, PLAN_JSON)
   want = plan.to_json()
   if os.path.exists(path):
@@ -105,6 +105,8 @@ def check_plan(out_dir: str, plan: Plan) -> None:
       changed = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
       raise errors.ConfigError(f'{out_dir} holds samples of another plan (differs in {changed}); '
                                'use a new output folder or delete it')
+    return
+  if not write:
     return
   os.makedirs(out_dir, exist_ok=True)
   with open(path + '.tmp', 'w') as f:
@@ -161,8 +163,7 @@ def generate(dp_sampler: DataParallelSampler, plan: Plan, out_dir: str, *, progr
   import tqdm  # pylint: disable=g-import-not-at-top
   p = jax.process_index() if process_index is None else process_index
   n = jax.process_count() if process_count is None else process_count
-  if p == 0:
-    check_plan(out_dir, plan)
+  check_plan(out_dir, plan, write=p == 0)  # every process refuses another plan's folder
   mine = [c for c in range(plan.num_chunks) if c % n == p]
   todo = [c for c in mine if read_chunk(chunk_path(out_dir, c)) is None]
   total = sum(len(plan.chunk_indices(c)) for c in todo)
