@@ -35,8 +35,8 @@ def get_config(arg=None):
                      worker_count=0, **DEMO_DATA))
   if arg == 'tiny':
     c.steps = 300
-    c.data.update(dict(num_train=2048, num_eval=256,
-                       synthetic_classes='circle,square,triangle,cross'))
+    c.optim.lr = 5e-3
+    c.data.update(dict(num_train=2048, num_eval=256, synthetic_classes='circle,square,cross,ring'))
     c.checkpoint.every_steps = c.steps
     c.eval.update(dict(every_steps=c.steps, batches=1))
   return c

@@ -70,7 +70,7 @@ def test_extractor_shapes_and_it_labels_clean_images(trained):
   extractor = features.get_extractor(f'shapes:{folder}', batch_size=48)  # 256 = 5 full batches + a padded one
   feats, logits = extractor(held_x)
   assert (extractor.dim, extractor.num_classes) == (cfg.model.feature_dim, 4)
-  assert extractor.class_names == ('circle', 'square', 'triangle', 'cross')
+  assert extractor.class_names == ('circle', 'square', 'cross', 'ring')
   assert feats.shape == (HELD_OUT, cfg.model.feature_dim) and logits.shape == (HELD_OUT, 4)
   assert feats.dtype == logits.dtype == np.float32 and (feats >= 0).all()  # post-ReLU features
   mean, per_class = metrics.sample_accuracy(logits, held_y)
