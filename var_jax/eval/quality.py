@@ -137,15 +137,6 @@ def reference(path: str, extractor: features_lib.Extractor) -> tuple[Featurised,
   return ref, notes
 
 
-def _sample_accuracy(logits_NK: np.ndarray, labels_N: np.ndarray) -> float:
-  """Mean over classes of the fraction of class-c samples labelled c (metrics.sample_accuracy once
-  that is merged; computed here until then)."""
-  if hasattr(metrics, 'sample_accuracy'):
-    return metrics.sample_accuracy(logits_NK, labels_N)[0]
-  hits = np.argmax(logits_NK, axis=1) == labels_N
-  return float(np.mean([hits[labels_N == c].mean() for c in np.unique(labels_N)]))
-
-
 def measure(samples: Featurised, ref: Featurised | None, num_classes: int | None,
             is_splits: int = 10, pr_k: int = 3) -> dict[str, Any]:
   """fid, is_mean, is_std, precision, recall, sample_accuracy, num_images (None where not measurable)."""
@@ -160,5 +151,5 @@ def measure(samples: Featurised, ref: Featurised | None, num_classes: int | None
   if samples.logits is not None and samples.labels is not None and num_classes:
     labels = np.asarray(samples.labels)
     if labels.min() >= 0 and labels.max() < num_classes:
-      out['sample_accuracy'] = _sample_accuracy(samples.logits, labels)
+      out['sample_accuracy'] = metrics.sample_accuracy(samples.logits, labels)[0]
   return out
