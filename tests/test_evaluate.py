@@ -245,3 +245,18 @@ def test_bad_input_is_one_line_with_exit_code_2(setup, argv, message):
   assert proc.returncode == errors.ConfigError.exit_code, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
   assert proc.stderr.startswith('var-evaluate: error: ') and message in proc.stderr
+
+
+def test_npz_images_with_labels_give_sample_accuracy_and_mixed_sizes_are_refused(tmp_path):
+  images = np.random.default_rng(1).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
+  labels = np.arange(20) % CLASSES
+  np.savez(tmp_path / 'samples.npz', arr_0=images, arr_1=labels)
+  samples = quality.featurise(tiny_extractor(), quality.image_batches(str(tmp_path / 'samples.npz')))
+  record = quality.measure(samples, None, CLASSES)
+  hits = np.argmax(np.asarray(tiny_features(None, images)[1]), 1) == labels
+  assert record['sample_accuracy'] == pytest.approx(np.mean([hits[labels == c].mean() for c in range(CLASSES)]))
+  assert record['fid'] is None and record['num_images'] == 20
+  _save_pngs(tmp_path / 'mixed', images[:2])
+  PIL.Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'mixed' / 'big.png')
+  with pytest.raises(errors.ConfigError, match='big.png'):
+    list(quality.image_batches(str(tmp_path / 'mixed')))
