@@ -192,21 +192,21 @@ def test_cli_print_launcher_and_aggregate_only(tmp_path):
 
 @pytest.mark.slow
 def test_real_trainer_sweep_with_one_failing_run(tmp_path):
-  """Three runs of the real `python -m var_jax.train` (smoke model, in-memory tokens, 2 steps each),
-  one with a width its heads do not divide: the other two finish, the failure is recorded with the
+  """Two runs of the real `python -m var_jax.train` (smoke model, in-memory tokens, 2 steps each),
+  one with a width its heads do not divide: the other finishes, the failure is recorded with the
   trainer's error, and a second invocation starts nothing."""
   base = load_experiment('smoke', 'tokens')
   base.steps = 2
   base.log.every_steps = base.eval.every_steps = base.checkpoint.every_steps = 2
   c = ml_collections.ConfigDict(dict(base=base))
-  c.runs = [{'model.depth': 1}, {'model.depth': 2}, {'model.depth': 2, 'model.num_heads': 7}]
+  c.runs = [{'model.depth': 1}, {'model.depth': 2, 'model.num_heads': 7}]
   root = str(tmp_path / 'root')
   sweep.launch(c, root, 'local', report=False, out=io.StringIO())
   with open(os.path.join(root, 'results.csv')) as f:
     rows = list(csv.DictReader(f))
-  assert [(r['depth'], r['status']) for r in rows] == [('1', 'done'), ('2', 'done'), ('2', 'failed')]
-  assert 'divisible' in rows[2]['error']
-  assert all(float(r['loss']) > 0 and float(r['flops']) > 0 for r in rows[:2])
+  assert [(r['depth'], r['status']) for r in rows] == [('1', 'done'), ('2', 'failed')]
+  assert 'divisible' in rows[1]['error']
+  assert float(rows[0]['loss']) > 0 and float(rows[0]['flops']) > 0
   logs = {r['run_id']: open(os.path.join(root, r['run_id'], 'train.log')).read() for r in rows}
   out = io.StringIO()
   sweep.launch(c, root, 'local', report=False, out=out)
