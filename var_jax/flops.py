@@ -1,4 +1,8 @@
-"""Analytic parameter and training-FLOP counts for the VAR transformer.
+"""Analytic parameter and training-FLOP counts for the VAR transformer and the next-token baseline.
+
+`order='raster'` counts the next-token model (var_jax.models.next_token) with the same conventions: one
+n x n map of L = n² tokens, a token embedding table (a lookup, no FLOPs) in place of word_embed and
+lvl_embed, and the causal mask's L(L + 1)/2 pairs.
 
 Counts follow the official architecture (FoundationVision/VAR `models/var.py`, `models/basic_var.py`):
 
