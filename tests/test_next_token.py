@@ -24,8 +24,8 @@ TOK = dict(vocab_size=16, z_channels=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, 
 def model_and_params():
   model = next_token_lib.NextToken(**next_token_lib.resolve(TINY))
   L = model.seq_len
-  params = model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32), jnp.zeros((1, L), jnp.int32))['params']
-  params = nn.unbox(params)
+  init = jax.jit(lambda key: nn.unbox(model.init(key, jnp.zeros((1,), jnp.int32), jnp.zeros((1, L), jnp.int32))))
+  params = init(jax.random.key(0))['params']
   # AdaLN gammas of 0.5 rather than the 1e-5 init, so that the blocks' outputs (and any leak) are visible.
   params['blocks']['ada_lin']['bias'] = params['blocks']['ada_lin']['bias'] + 0.5
   return model, params
