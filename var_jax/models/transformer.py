@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax.models import activations
 from var_jax.models import attention as attention_lib
 
 # Official `build_vae_var` / `init_weights` defaults.
@@ -205,7 +206,7 @@ class Block(nn.Module):
     h_BLC = layer_norm(x_BLC, self.norm_eps) * (scale2 + 1) + shift2
     hidden = round(C * self.mlp_ratio)
     h_BLF = Linear((hidden,), ('embed', 'mlp'), std, dtype=self.dtype, name='fc1')(h_BLC)
-    h_BLF = nn.with_logical_constraint(jax.nn.gelu(h_BLF, approximate=True),
+    h_BLF = nn.with_logical_constraint(activations.gelu_tanh(h_BLF),
                                        ('batch', 'length', 'mlp'))
     h_BLC = Linear((C,), ('mlp', 'embed'), std, 1 / math.sqrt(2 * self.depth), dtype=self.dtype,
                    name='fc2')(h_BLF)
