@@ -23,13 +23,22 @@ from var_jax.models import sampling
 from var_jax.models import var as var_lib
 
 
+def _split(rng):
+  """Two keys from one key, or two per-row key arrays from keys (B,) (row b's from rng[b] alone)."""
+  if rng.ndim == 0:
+    return tuple(jax.random.split(rng))
+  keys_B2 = jax.vmap(jax.random.split)(rng)
+  return keys_B2[:, 0], keys_B2[:, 1]
+
+
 class Sampler:
   """Generates images with a NextToken model and its single-scale VQVAE.
 
   `sampler(params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False,
   temperature=1.0)` returns ([idx_BL int32], images (B, H, W, 3) float32 in [0, 1]): the same shapes
-  as `sampling.Sampler` with its one scale, so callers of either take both. more_smooth is VAR's
-  visualisation mode and must be False here.
+  as `sampling.Sampler` with its one scale, so callers of either take both. rng is one key, or one
+  key per row (shape (B,)): each row's sample then depends on its own key alone (var_jax.eval.generate).
+  more_smooth is VAR's visualisation mode and must be False here.
   """
 
   def __init__(self, model: next_token_lib.NextToken, vae_model: Any):
@@ -61,8 +70,10 @@ class Sampler:
       logits_BV = jax.lax.cond(jnp.logical_or(top_k > 0, top_p > 0),
                                lambda x: sampling.filter_top_k_top_p(x, top_k, top_p), lambda x: x,
                                logits_BV)
-      rng, key = jax.random.split(rng)
-      idx_B = jax.random.categorical(key, logits_BV, axis=-1).astype(jnp.int32)
+      rng, key = _split(rng)
+      categorical = lambda key, x: jax.random.categorical(key, x, axis=-1)
+      idx_B = (categorical(key, logits_BV) if key.ndim == 0 else jax.vmap(categorical)(key, logits_BV))
+      idx_B = idx_B.astype(jnp.int32)
       idx_BL = idx_BL.at[:, i].set(idx_B)
       # Position i + 1's input; at the last step it is computed and unused (L - 1 is the last valid).
       x_B1C = model.apply(variables, jnp.minimum(i + 1, L - 1), idx_B,
