@@ -99,13 +99,13 @@ def _sample(f, out_dir: str):
   import jax  # pylint: disable=g-import-not-at-top
   from var_jax import sample as sample_cli  # pylint: disable=g-import-not-at-top
   from var_jax.eval import generate  # pylint: disable=g-import-not-at-top
-  from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
+  from var_jax.models import next_token_sampling  # pylint: disable=g-import-not-at-top
   var_model, var_params, vae_model, vae_params = sample_cli.load_models(
       var=f.var, tokenizer=f.tokenizer, workdir=f.workdir, step=f.step)
   knobs = dict(cfg=f.cfg, top_k=min(f.top_k, var_model.vocab_size), top_p=f.top_p, more_smooth=f.more_smooth)
   plan = generate.Plan(num_samples=f.num_samples, num_classes=var_model.num_classes, per_class=f.per_class,
                        seed=f.seed, chunk_size=f.chunk_size, knobs=knobs)
-  dp = generate.DataParallelSampler(sampling.make_sampler(var_model, vae_model), var_params, vae_params,
+  dp = generate.DataParallelSampler(next_token_sampling.make_sampler(var_model, vae_model), var_params, vae_params,
                                     f.batch_size)
   start = time.perf_counter()
   counts = generate.generate(dp, plan, out_dir, progress=f.progress)

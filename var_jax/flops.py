@@ -1,4 +1,8 @@
-"""Analytic parameter and training-FLOP counts for the VAR transformer.
+"""Analytic parameter and training-FLOP counts for the VAR transformer and the next-token baseline.
+
+`order='raster'` counts the next-token model (var_jax.models.next_token) with the same conventions: one
+n x n map of L = n² tokens, a token embedding table (a lookup, no FLOPs) in place of word_embed and
+lvl_embed, and the causal mask's L(L + 1)/2 pairs.
 
 Counts follow the official architecture (FoundationVision/VAR `models/var.py`, `models/basic_var.py`):
 
@@ -38,15 +42,28 @@ import jax
 from jax.extend import core as jax_core
 
 from var_jax.models import attention as attention_lib
+from var_jax.models import next_token as next_token_lib
 from var_jax.models import var as var_lib
 
+ORDERS = ('next_scale', 'raster')  # VAR (var_jax.models.var), the next-token baseline (models.next_token)
 
-def _resolve(model_kwargs: Mapping[str, Any]) -> dict:
-  """VAR attributes with defaults and the depth rule (`var.resolve`), refusing a non-positive depth."""
+
+def _resolve(model_kwargs: Mapping[str, Any], order: str = 'next_scale') -> dict:
+  """Model attributes with defaults and the depth rule (`var.resolve` or `next_token.resolve`),
+  refusing a non-positive depth."""
   depth = model_kwargs.get('depth')
   if depth is not None and (not isinstance(depth, int) or depth < 1):
     raise ValueError(f'model.depth must be a positive int, got {depth!r}')
-  return var_lib.resolve(model_kwargs)
+  if order not in ORDERS:
+    raise ValueError(f'order={order!r}; expected one of {ORDERS}')
+  return (next_token_lib.resolve if order == 'raster' else var_lib.resolve)(model_kwargs)
+
+
+def _mask_blocks(kw: Mapping[str, Any], order: str) -> tuple[int, ...]:
+  """The block sizes of the attention mask: VAR's scales, or one token per block (causal)."""
+  if order == 'raster':
+    return next_token_lib.causal_blocks(tokens_per_image(kw['patch_nums']))
+  return kw['patch_nums']
 
 
 def tokens_per_image(patch_nums: Sequence[int]) -> int:
@@ -66,9 +83,13 @@ def attention_pairs(patch_nums: Sequence[int], attention: str | None = None) -> 
   return pairs
 
 
-def param_breakdown(model_kwargs: Mapping[str, Any]) -> dict[str, int]:
-  """Parameter count per component (see the module docstring for the components)."""
-  kw = _resolve(model_kwargs)
+def param_breakdown(model_kwargs: Mapping[str, Any], order: str = 'next_scale') -> dict[str, int]:
+  """Parameter count per component (see the module docstring for the components).
+
+  order='raster' (the next-token model): a token embedding table `tok_embed` (V, C) replaces
+  word_embed, pos_start is (1, C), and there is no lvl_embed.
+  """
+  kw = _resolve(model_kwargs, order)
   c, depth, v = kw['embed_dim'], kw['depth'], kw['vocab_size']
   hidden = round(c * kw['mlp_ratio'])
   pns = kw['patch_nums']
@@ -84,6 +105,11 @@ def param_breakdown(model_kwargs: Mapping[str, Any]) -> dict[str, int]:
       + c * hidden + hidden  # fc1
       + hidden * c + c  # fc2
   )
+  if order == 'raster':
+    inputs = dict(tok_embed=v * c, class_emb=(kw['num_classes'] + 1) * c, pos_start=c,
+                  pos_1LC=tokens_per_image(pns) * c)
+    return dict(inputs, shared_ada_lin=shared_ada, blocks=depth * block, head_nm=c * 2 * c + 2 * c,
+                head=c * v + v)
   return dict(
       word_embed=kw['cvae'] * c + c,
       class_emb=(kw['num_classes'] + 1) * c,
@@ -97,23 +123,25 @@ def param_breakdown(model_kwargs: Mapping[str, Any]) -> dict[str, int]:
   )
 
 
-EMBEDDING_PARAMS = ('class_emb', 'pos_start', 'pos_1LC', 'lvl_embed')
+EMBEDDING_PARAMS = ('class_emb', 'pos_start', 'pos_1LC', 'lvl_embed', 'tok_embed')
 
 
-def param_counts(model_kwargs: Mapping[str, Any]) -> dict[str, int]:
+def param_counts(model_kwargs: Mapping[str, Any], order: str = 'next_scale') -> dict[str, int]:
   """{'total', 'nonembed'} parameter counts; nonembed leaves out the lookup tables (EMBEDDING_PARAMS)."""
-  parts = param_breakdown(model_kwargs)
+  parts = param_breakdown(model_kwargs, order)
   total = sum(parts.values())
-  return dict(total=total, nonembed=total - sum(parts[k] for k in EMBEDDING_PARAMS))
+  return dict(total=total, nonembed=total - sum(parts.get(k, 0) for k in EMBEDDING_PARAMS))
 
 
-def forward_flops_breakdown(model_kwargs: Mapping[str, Any], attention: str | None = None) -> dict[str, float]:
+def forward_flops_breakdown(model_kwargs: Mapping[str, Any], attention: str | None = None,
+                            order: str = 'next_scale') -> dict[str, float]:
   """Forward-pass matmul FLOPs for one image (teacher forcing over the whole pyramid), per component.
 
   attention: None counts the pairs the mask keeps; a path name (or 'auto', resolved for this machine
-  and the model's dtype) the pairs that path computes.
+  and the model's dtype) the pairs that path computes. order='raster': the next-token model, whose
+  inputs are a lookup (no word_embed matmul) and whose mask is causal over the n² tokens.
   """
-  kw = _resolve(model_kwargs)
+  kw = _resolve(model_kwargs, order)
   if attention is not None:
     attention = attention_lib.resolve(attention, var_lib.DTYPES[kw['dtype']])
   c, depth, v = kw['embed_dim'], kw['depth'], kw['vocab_size']
@@ -121,19 +149,31 @@ def forward_flops_breakdown(model_kwargs: Mapping[str, Any], attention: str | No
   pns = kw['patch_nums']
   seq = tokens_per_image(pns)
   ada_layers = 1 if kw['shared_aln'] else depth
+  word_embed = 0.0 if order == 'raster' else 2.0 * (seq - pns[0] ** 2) * kw['cvae'] * c
   return dict(
-      word_embed=2.0 * (seq - pns[0] ** 2) * kw['cvae'] * c,
+      word_embed=word_embed,
       adaln=2.0 * ada_layers * c * 6 * c + 2.0 * c * 2 * c,  # blocks + head_nm, once per image
       qkv_proj=2.0 * depth * seq * 4 * c * c,
       mlp=2.0 * depth * seq * 2 * c * hidden,
-      attention=2.0 * depth * 2 * c * attention_pairs(pns, attention),  # QK^T and AV
+      attention=2.0 * depth * 2 * c * attention_pairs(_mask_blocks(kw, order), attention),  # QK^T and AV
       head=2.0 * seq * c * v,
   )
 
 
-def train_flops_per_image(model_kwargs: Mapping[str, Any], attention: str | None = None) -> float:
+def train_flops_per_image(model_kwargs: Mapping[str, Any], attention: str | None = None,
+                          order: str = 'next_scale') -> float:
   """Forward + backward matmul FLOPs for one training image: 3 x the forward count."""
-  return 3.0 * sum(forward_flops_breakdown(model_kwargs, attention).values())
+  return 3.0 * sum(forward_flops_breakdown(model_kwargs, attention, order).values())
+
+
+def sample_flops_per_image(model_kwargs: Mapping[str, Any], order: str = 'next_scale',
+                           cfg: bool = True) -> float:
+  """Transformer matmul FLOPs to generate one image with the KV cache: every token passes the blocks
+  once and attends to the pairs the mask keeps, so this is the forward count, twice with CFG (the
+  batch holds a conditional and an unconditional row). The AdaLN linears are counted once per image
+  as in training (the samplers recompute them at each step: K times for VAR, n² for raster); the
+  tokenizer's decoder, the same for both orders, is left out."""
+  return (2.0 if cfg else 1.0) * sum(forward_flops_breakdown(model_kwargs, None, order).values())
 
 
 # ---------------------------------------------------------------------------------------------------

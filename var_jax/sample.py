@@ -5,6 +5,9 @@
   # a training run folder (config.json + checkpoints/); the tokenizer comes from its config
   python -m var_jax.sample --workdir=runs/d4 --classes=0,1,2 --samples_per_class=8 --out_dir=samples
 
+A run of task 'next_token' (raster order) samples the same way, one token per step (tokens.npz then
+holds its one map as idx_0).
+
 Defaults are the official evaluation setting (cfg 1.5, top-k 900, top-p 0.96); top-k is capped at the
 vocabulary size. Writes `<out_dir>/samples.png` and `<out_dir>/tokens.npz` (labels, idx_<k>).
 """
@@ -21,6 +24,7 @@ from var_jax import cli
 from var_jax import errors
 
 PROG = 'var-sample'
+SAMPLED_TASKS = ('var', 'next_token')  # next-scale and next-token (raster) generation
 
 
 def _define_flags() -> None:
@@ -52,8 +56,9 @@ def load_models(*, var: str | None = None, tokenizer: str | None = None, workdir
     return (var_model, var_params, *vqvae.load(tokenizer))
   from var_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
   cfg, task, params, _ = checkpoint.load_run(workdir, step)
-  if cfg.get('task', 'var') != 'var':
-    raise errors.ConfigError(f'--workdir={workdir} trained task {cfg.task!r}; sampling needs a VAR run')
+  if cfg.get('task', 'var') not in SAMPLED_TASKS:
+    raise errors.ConfigError(f'--workdir={workdir} trained task {cfg.task!r}; sampling needs one of '
+                             f'{SAMPLED_TASKS}')
   vae_model, vae_params = vqvae.load(tokenizer) if tokenizer else (task.tokenizer, task.frozen())
   return task.model, params, vae_model, vae_params
 
@@ -111,7 +116,7 @@ def main(argv: Sequence[str]) -> None:
 
   import PIL.Image  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
-  from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
+  from var_jax.models import next_token_sampling  # pylint: disable=g-import-not-at-top
   from var_jax.models import var as var_lib  # pylint: disable=g-import-not-at-top
 
   var_model, var_params, vae_model, vae_params = load_models(
@@ -121,7 +126,7 @@ def main(argv: Sequence[str]) -> None:
   except ValueError as e:
     raise errors.ConfigError(f'--classes: {e}') from None
 
-  sampler = sampling.make_sampler(var_model, vae_model)
+  sampler = next_token_sampling.make_sampler(var_model, vae_model)  # either ordering
   labels = np.repeat(np.asarray(classes, np.int32), f.samples_per_class)
   knobs = dict(cfg=f.cfg, top_k=min(f.top_k, var_model.vocab_size), top_p=f.top_p, more_smooth=f.more_smooth)
   batches = sample_batches(sampler, var_params, vae_params, labels, batch_size=f.batch_size, seed=f.seed, **knobs)

@@ -13,6 +13,7 @@ _MODULES = {
     'var': 'var_jax.train.tasks.var',
     'tokenizer': 'var_jax.train.tasks.tokenizer',
     'classifier': 'var_jax.train.tasks.classifier',
+    'next_token': 'var_jax.train.tasks.next_token',
 }
 _REGISTERED: dict[str, type] = {}
 
