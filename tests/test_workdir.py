@@ -95,7 +95,8 @@ def test_unusable_workdirs_are_config_errors(tmp_path):
 
 def _tiny(**overrides):
   c = load_experiment('smoke', 'tokens')
-  c.model.depth = 1
+  c.model.update(dict(depth=1, patch_nums=(1, 2), embed_dim=32, num_heads=2))
+  c.tokenizer.patch_nums = (1, 2)
   c.update(dict(steps=2))
   c.checkpoint.update(dict(every_steps=2, async_save=False))
   c.eval.batches = 1

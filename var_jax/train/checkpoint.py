@@ -121,13 +121,15 @@ def load_run(workdir: str, step: int | None = None):
   if not os.path.exists(config_path):
     raise errors.ConfigError(f'{workdir}: not a training workdir (no config.json)')
   cfg = config_lib.load_json(config_path)
-  task = tasks.get(cfg.get('task', config_lib.DEFAULT_TASK))(cfg)
   ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
   manager = ocp.CheckpointManager(ckpt_dir, item_names=(STATE, META),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
-  steps = sorted(manager.all_steps()) if os.path.isdir(ckpt_dir) else []
+  steps = sorted(manager.all_steps())
   if not steps:
     raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
+  task = tasks.get(cfg.get('task', config_lib.DEFAULT_TASK))(cfg)  # after the cheap checks: it builds models
   if step is None:
     step = steps[-1]
   elif step not in steps:
