@@ -2,6 +2,11 @@
 
 With nothing given and no cluster detected this is a single-process run and nothing is initialised.
 Environment equivalents of the flags: VAR_JAX_COORDINATOR, VAR_JAX_NUM_PROCESSES, VAR_JAX_PROCESS_ID.
+
+Failure bound: a process that stops sending heartbeats for VAR_JAX_HEARTBEAT_TIMEOUT seconds (default
+HEARTBEAT_TIMEOUT_S; jax's own default is 100) is declared dead by the coordination service, which then
+stops the other processes instead of leaving them in a collective; a process that exits waits at most
+VAR_JAX_SHUTDOWN_TIMEOUT seconds (default SHUTDOWN_TIMEOUT_S) for the others at the shutdown barrier.
 """
 from __future__ import annotations
 
@@ -12,6 +17,13 @@ from absl import logging
 import jax
 
 from var_jax import errors
+
+HEARTBEAT_TIMEOUT_S, SHUTDOWN_TIMEOUT_S = 30, 60
+
+
+def _timeouts() -> dict[str, int]:
+  return dict(heartbeat_timeout_seconds=int(os.environ.get('VAR_JAX_HEARTBEAT_TIMEOUT', HEARTBEAT_TIMEOUT_S)),
+              shutdown_timeout_seconds=int(os.environ.get('VAR_JAX_SHUTDOWN_TIMEOUT', SHUTDOWN_TIMEOUT_S)))
 
 
 def _cluster_detected() -> str | None:
@@ -47,9 +59,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     logging.info('jax.distributed: process %d of %d, coordinator %s', process_id, num_processes,
                  coordinator)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, **_timeouts())
     return
   cluster = _cluster_detected()
   if cluster:
     logging.info('jax.distributed: auto-detected %s', cluster)
-    jax.distributed.initialize()
+    jax.distributed.initialize(**_timeouts())
