@@ -11,6 +11,7 @@ catches the built-in type keeps working.
 | 2         | ConfigError     | a config key or value, a flag, an input file, or a missing optional package |
 | 3         | DivergedError   | training stopped on a non-finite loss; the last good checkpoint is kept |
 | 4         | DataError       | the dataset cannot be opened or read as configured                     |
+| 5         | WorkdirBusyError| another live run holds the run folder's lock (the holder is named)     |
 """
 from __future__ import annotations
 
@@ -42,3 +43,8 @@ class DataError(VarJaxError, ValueError):
   """A dataset cannot be opened or read as the `data` config describes."""
   exit_code = 4
 
+
+
+class WorkdirBusyError(VarJaxError):
+  """The run folder is locked by another live run (`var_jax.train.workdir`); the message names its host and pid."""
+  exit_code = 5

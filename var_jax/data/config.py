@@ -13,6 +13,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from var_jax import errors
+
 SYNTHETIC_SHAPES, IMAGE_FOLDER, TOKENS, SYNTHETIC_TOKENS = (
     'synthetic_shapes', 'image_folder', 'tokens', 'synthetic_tokens')
 TOKEN_SOURCES = (TOKENS, SYNTHETIC_TOKENS)  # sources whose records are tokens, not images
@@ -64,3 +66,16 @@ def option(data_cfg, key: str):
 
 def data_dir(data_cfg) -> str:
   return os.path.expanduser(str(option(data_cfg, 'data_dir')))
+
+
+def check(data_cfg) -> None:
+  """DataError for a dataset folder the config needs but names wrongly; reads no data (training checks it first)."""
+  name, path = option(data_cfg, 'name'), option(data_cfg, 'path')
+  what = {IMAGE_FOLDER: 'the folder holding one sub-folder of images per class',
+          TOKENS: 'the directory written by var_jax.tokenize --out'}.get(name)
+  if what is None:
+    return
+  if not path:
+    raise errors.DataError(f'data.path: {name} needs {what}')
+  if not os.path.isdir(os.path.expanduser(str(path))):
+    raise errors.DataError(f'data.path: {str(path)!r} is not a directory; {name} needs {what}')

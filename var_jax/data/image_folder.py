@@ -2,7 +2,7 @@
 
 Layouts: `ROOT/<split>/<class>/*.jpg` (splits such as train, val, validation, test; as ImageNet folders are
 usually laid out) or `ROOT/<class>/*.jpg` (everything is the 'train' split). Class ids follow the sorted
-class folder names of all splits together. Every file is decoded once while building: clean RGB JPEG/PNG
+class folder names of all splits together; a class folder without files is skipped with a warning. Every file is decoded once while building: clean RGB JPEG/PNG
 files are stored as they are, other modes (CMYK, grayscale, RGBA, palette, 16-bit) are converted to RGB and
 stored as PNG, and unreadable, zero-byte, truncated or tiny files are skipped. The counts are logged and
 kept in the dataset's metadata (`builder.info.metadata['problems']`).
@@ -47,10 +47,15 @@ def scan(root: str | os.PathLike) -> tuple[dict[str, list[tuple[str, str]]], lis
   for split, split_dir in by_split.items():
     items = []
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith('.')):
+      found = []
       for dirpath, dirnames, filenames in os.walk(class_dir):
         dirnames.sort()
-        items += [(os.path.join(dirpath, f), class_dir.name) for f in sorted(filenames)
+        found += [(os.path.join(dirpath, f), class_dir.name) for f in sorted(filenames)
                   if not f.startswith('.')]
+      if not found:
+        logging.warning('image_folder: class folder %s holds no files; skipped (not a class)', class_dir)
+        continue
+      items += found
       classes.add(class_dir.name)
     files[split] = items
   if not any(files.values()):

@@ -1,18 +1,24 @@
-"""grain input pipelines: per-process shards, seeded per-epoch shuffles, VAR preprocessing, exact resume.
+"""grain input pipelines: one global order whatever the topology, seeded per-epoch shuffles, exact resume.
 
-Pipeline (grain `MapDataset`, so every element is a pure function of (seed, index) and the iterator state is
-just a position):
+Pipeline (grain `MapDataset`, so every element is a pure function of (seed, global index) and the iterator
+state is just a position):
 
-  source -> [process_index::process_count] -> shuffle (train) -> decode + preprocess -> repeat
-         -> threads read ahead (`data.num_threads`, `data.prefetch` batches) -> batch [-> worker processes]
+  source -> shuffle (train) -> decode + preprocess -> repeat -> this process's rows of each global batch,
+         stacked -> threads read batches ahead (`data.num_threads`, `data.prefetch`) [-> worker processes]
 
-`repeat` folds the epoch into every random transform, so each epoch is shuffled and cropped differently.
-Shards are strided slices: disjoint, and together exactly the whole split. Images that are not RGB uint8 are
-converted, and tiny ones dropped (counted and logged); dropping keeps batches full and the order
-deterministic.
+The global batch at step t is records [t * G, (t + 1) * G) of the shuffled, repeated stream (G the global
+batch size): a function of the seed, the dataset and t alone. Process p of P reads rows [p * G / P, (p + 1) *
+G / P) of it, which is what its devices hold under `jax.make_array_from_process_local_data` (processes own
+consecutive rows of the data axis), and nothing else. Random crops and flips are keyed by the global index,
+so by the record and the epoch, never by the process. The iterator's state is the number of global batches
+read, so a checkpoint restores onto any process count. `repeat` folds the epoch into every random transform,
+so each epoch is shuffled and cropped differently. Worker processes (`data.worker_count`) each build whole
+batches, taken in turn, so they give the same batches as none. Images that are not RGB uint8 are converted;
+tiny ones are dropped (counted and logged) and replaced by the next record of the global stream, so batches
+stay full and the same on every topology.
 """
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from absl import logging
 import grain
@@ -22,6 +28,8 @@ from var_jax import errors
 from var_jax.data import config
 from var_jax.data import preprocess
 from var_jax.data import sources
+
+_MAX_REPLACED = 64  # dropped records in a row before the loader gives up
 
 
 class BadRecordCounter:
@@ -57,9 +65,10 @@ class Loader(Iterator[dict[str, np.ndarray]]):
     bad_records: {problem: count} seen so far by this process (see `preprocess.SKIPPED` / `CONVERTED`).
   """
 
-  def __init__(self, dataset: grain.IterDataset, *, num_records: int, num_classes: int,
+  def __init__(self, make_dataset: Callable[[int], grain.IterDataset], *, num_records: int, num_classes: int,
                counter: BadRecordCounter):
-    self._iter = iter(dataset)
+    self._make, self._batches = make_dataset, 0
+    self._iter = iter(make_dataset(0))
     self.num_records, self.num_classes, self._counter = num_records, num_classes, counter
 
   @property
@@ -70,13 +79,21 @@ class Loader(Iterator[dict[str, np.ndarray]]):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._iter)
+    batch = next(self._iter)
+    self._batches += 1
+    return batch
 
   def get_state(self) -> dict[str, Any]:
-    return self._iter.get_state()
+    """{'global_batches': n}: the same for every process, so it restores onto any process count."""
+    return {'global_batches': self._batches}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    self._iter.set_state(state)
+    if 'global_batches' not in state:
+      raise errors.DataError(f'data iterator state {sorted(state)} is from an older var_jax loader (per-process '
+                             'shards); resume with that version or start a new --workdir')
+    self.close()
+    self._batches = int(state['global_batches'])
+    self._iter = iter(self._make(self._batches))
 
   def close(self) -> None:
     """Stops worker processes, if any (they also stop when the loader is garbage-collected)."""
@@ -145,8 +162,7 @@ def make_loader(data_cfg, *, split: str, global_batch_size: int, seed: int, trai
   counter = BadRecordCounter(src.where)
 
   ds = grain.MapDataset.source(src.records).seed(seed)
-  ds = ds[process_index::process_count]
-  num_records = len(ds)
+  num_records = len(ds) // process_count
   if train:
     ds = ds.shuffle()
   if src.kind == 'tokens':
@@ -157,11 +173,52 @@ def make_loader(data_cfg, *, split: str, global_batch_size: int, seed: int, trai
     ds = ds.map(_image_fn(src, cfg, counter, train=False))
   ds = ds.repeat(num_epochs)
   read = grain.ReadOptions(num_threads=int(cfg['num_threads']),
-                           prefetch_buffer_size=max(1, int(cfg['prefetch'])) * batch_size)
-  ds = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True)
-  if int(cfg['worker_count']) > 0:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=int(cfg['worker_count']), per_worker_buffer_size=max(1, int(cfg['prefetch']))))
-  logging.info('data %s split %r: process %d/%d reads %d records, batch %d, %s', src.where, split,
-               process_index, process_count, num_records, batch_size, 'train' if train else 'eval')
-  return Loader(ds, num_records=num_records, num_classes=src.num_classes, counter=counter)
+                           prefetch_buffer_size=max(1, int(cfg['prefetch']), int(cfg['num_threads'])))
+
+  def make(start_batch: int) -> grain.IterDataset:
+    batches = LocalBatches(ds, global_batch=global_batch_size, rows=batch_size, offset=process_index * batch_size,
+                           start_batch=start_batch)
+    out = batches.to_iter_dataset(read)  # workers (below) take whole batches in turn: the same order
+    if int(cfg['worker_count']) > 0:
+      out = out.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=int(cfg['worker_count']), per_worker_buffer_size=max(1, int(cfg['prefetch']))))
+    return out
+
+  logging.info('data %s split %r: process %d/%d reads rows %d..%d of each global batch of %d, %s', src.where,
+               split, process_index, process_count, process_index * batch_size, (process_index + 1) * batch_size,
+               global_batch_size, 'train' if train else 'eval')
+  return Loader(make, num_records=num_records, num_classes=src.num_classes, counter=counter)
+
+
+class LocalBatches(grain.MapDataset):
+  """Element t: this process's rows [offset, offset + rows) of global batch start_batch + t, stacked.
+
+  Global batch t is elements [t * global_batch, (t + 1) * global_batch) of `parent`; an incomplete last one is
+  left out. An element that is None (a dropped record) is replaced by the next one of `parent`, so batches
+  stay full and the replacement is a function of the global index alone.
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, global_batch: int, rows: int, offset: int, start_batch: int):
+    super().__init__(parent)
+    self._global, self._rows, self._offset, self._start = global_batch, rows, offset, start_batch
+    self._length = max(0, len(parent) // global_batch - start_batch)
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _record(self, index: int):
+    for k in range(_MAX_REPLACED):
+      record = self._parent[(index + k) % len(self._parent)]
+      if record is not None:
+        return record
+    raise errors.DataError(f'{_MAX_REPLACED} records in a row were dropped (see the warnings above)')
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    first = (self._start + index) * self._global + self._offset
+    records = [self._record(first + r) for r in range(self._rows)]
+    return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+  def __str__(self) -> str:
+    return f'LocalBatches(rows {self._offset}..{self._offset + self._rows} of {self._global}, from {self._start})'

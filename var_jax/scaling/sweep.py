@@ -44,6 +44,7 @@ from var_jax.scaling import evaluation
 from var_jax.scaling import runs as runs_lib
 from var_jax.train import config as config_lib
 from var_jax.train import tasks
+from var_jax.train import workdir as workdir_lib
 
 BUDGET_KEYS = ('tokens', 'images', 'epochs', 'flops')
 RUN_CONFIG_JSON, RUN_CONFIG_PY, LOG = 'run_config.json', 'run_config.py', 'train.log'
@@ -194,10 +195,16 @@ def _fmt_seconds(s: float) -> str:
   return f'{int(s // 3600)}h{int(s % 3600 // 60):02d}m{int(s % 60):02d}s'
 
 
+def _live(run_dir: str) -> bool:
+  """Whether a live trainer holds the run folder's lock (another sweep, a resubmitted job)."""
+  return os.path.isdir(run_dir) and workdir_lib.holder(run_dir) is not None
+
+
 def pending(root: str, runs: Sequence[Run], retry_failed: bool) -> list[Run]:
-  """Runs to launch: not done, and not failed/diverged unless `retry_failed`."""
+  """Runs to launch: not done, not running elsewhere, and not failed/diverged unless `retry_failed`."""
   skip = ('done',) if retry_failed else ('done', 'failed', 'diverged')
-  return [r for r in runs if runs_lib.status(os.path.join(root, r.run_id)) not in skip]
+  return [r for r in runs if runs_lib.status(os.path.join(root, r.run_id)) not in skip
+          and not _live(os.path.join(root, r.run_id))]
 
 
 def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: TextIO = sys.stdout) -> None:
@@ -208,6 +215,10 @@ def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: T
         flush=True)
   start = time.time()
   for k, run in enumerate(todo):
+    if _live(os.path.join(root, run.run_id)):
+      holder = workdir_lib.describe(workdir_lib.holder(os.path.join(root, run.run_id)))
+      print(f'[{k + 1}/{len(todo)}] {run.run_id}: skipped, running elsewhere ({holder})', file=out, flush=True)
+      continue
     run_dir = write_run_files(root, run)
     before = runs_lib.status(run_dir)
     elapsed = time.time() - start

@@ -1,7 +1,8 @@
 """`python -m var_jax.train --config=experiments/FILE.py[:ARG] --workdir=DIR [--config.KEY=VALUE]`.
 
 Exit codes: 0 finished or preempted (rerun to resume), 2 a config or input error, 3 a non-finite loss (the last
-good checkpoint is kept), 4 a data error; each with one line on stderr (`--traceback` for the traceback).
+good checkpoint is kept), 4 a data error, 5 the workdir is locked by another live run; each with one line on
+stderr (`--traceback` for the traceback).
 Multi-process runs: on TPU pods and SLURM `jax.distributed` is configured automatically; elsewhere pass
 --coordinator_address/--num_processes/--process_id (see launch/local.sh).
 """

@@ -3,7 +3,8 @@
 Each step directory holds two items: 'state' (step, params, optimizer state; arrays restored onto
 whatever shardings the caller asks for, so the mesh may change between save and restore) and
 'meta' (data-iterator state, RNG key data, counters). A step that cannot be read back is reported,
-moved to `<workdir>/corrupt_checkpoints/` and the previous step is tried.
+moved to `<workdir>/corrupt_checkpoints/` and the previous step is tried; a readable step of another model
+(other param shapes) is a WeightsError and is left where it is.
 """
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
-        # Any failure to read a step (missing or truncated files, bad metadata) means it is unusable.
+        self._check_fits(step, target['params'])  # a readable step of another model is the caller's error
+        # Any other failure to read a step (missing or truncated files, bad metadata) means it is unusable.
         logging.error('checkpoint step %d in %s is unreadable (%s: %s); moving it to %s and '
                       'trying the previous one', step, self._dir, type(e).__name__,
                       str(e).splitlines()[0] if str(e) else '', self._quarantine)
@@ -82,6 +84,19 @@ class Checkpointer:
       return state.replace(step=saved['step'], params=saved['params'],
                            opt_state=saved['opt_state']), dict(restored[META])
     return None
+
+  def _check_fits(self, step: int, params) -> None:
+    """WeightsError when step `step` is readable but holds params of other shapes than `params`."""
+    try:
+      meta = ocp.StandardCheckpointer().metadata(os.path.join(self._dir, str(step), STATE))
+      saved = meta.item_metadata.tree['params']
+    except Exception:  # pylint: disable=broad-except
+      return  # unreadable metadata: a corrupt step
+    bad = _mismatched(param_shapes(params), param_shapes(saved))
+    if bad:
+      raise errors.WeightsError(
+          f'{self._dir}/{step}: the checkpoint does not fit the model at {len(bad)} params, e.g. {bad[0]}; '
+          'a changed model needs a new --workdir')
 
   def _set_aside(self, step: int) -> None:
     if jax.process_index() == 0:
@@ -106,13 +121,15 @@ def load_run(workdir: str, step: int | None = None):
   if not os.path.exists(config_path):
     raise errors.ConfigError(f'{workdir}: not a training workdir (no config.json)')
   cfg = config_lib.load_json(config_path)
-  task = tasks.get(cfg.get('task', config_lib.DEFAULT_TASK))(cfg)
   ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
   manager = ocp.CheckpointManager(ckpt_dir, item_names=(STATE, META),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
-  steps = sorted(manager.all_steps()) if os.path.isdir(ckpt_dir) else []
+  steps = sorted(manager.all_steps())
   if not steps:
     raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
+  task = tasks.get(cfg.get('task', config_lib.DEFAULT_TASK))(cfg)  # after the cheap checks: it builds models
   if step is None:
     step = steps[-1]
   elif step not in steps:
@@ -120,10 +137,20 @@ def load_run(workdir: str, step: int | None = None):
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=device)))
   params = restored[STATE]['params']
-  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-  want, got = shapes(task.abstract_params), shapes(params)
-  bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+  bad = _mismatched(param_shapes(task.abstract_params), param_shapes(params))
   if bad:
     raise errors.WeightsError(f'{ckpt_dir}/{step}: params do not match the config.json model at {len(bad)} '
                               f'params, e.g. {bad[0]}')
   return cfg, task, params, step
+
+
+def param_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{'a/b/kernel': shape} of a params tree (arrays, ShapeDtypeStructs or orbax metadata)."""
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): tuple(x.shape)
+          for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _mismatched(want: dict, got: dict) -> list[str]:
+  """'name (model shape vs saved shape)' for each param whose shapes differ or that one side lacks."""
+  return [f'{k} ({want.get(k)} vs saved {got.get(k)})' for k in sorted(set(want) | set(got))
+          if want.get(k) != got.get(k)]

@@ -2,13 +2,15 @@
 
 A config is the common groups below plus the groups of its task (`config.task`, default 'var'; see
 `var_jax.train.tasks`). Experiments start from `base_config(task)` and override what they need;
-`resolve(config, ...)` rejects unknown keys and inconsistent settings with one-line `ConfigError`s and fills
+`resolve(config, ...)` rejects unknown keys, out-of-range values (learning rate, weight decay, betas, clip;
+`patch_nums` order first), a missing dataset folder and inconsistent settings with one-line `ConfigError`s and fills
 derived values (the mesh's -1 axis, the eval batch, the peak learning rate, warmup), then lets the task do the
 same for its own keys.
 """
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import ml_collections
@@ -108,6 +110,19 @@ def _check(ok: bool, message: str) -> None:
     raise errors.ConfigError(f'config: {message}')
 
 
+def _check_optim(o: ml_collections.ConfigDict) -> None:
+  finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)
+  _check(finite(o.lr) and o.lr > 0, f'optim.lr={o.lr} must be a positive number (or set optim.base_lr)')
+  for key in ('weight_decay', 'weight_decay_end'):
+    _check(finite(o[key]) and o[key] >= 0, f'optim.{key}={o[key]} must be >= 0')
+  for key in ('b1', 'b2'):
+    _check(finite(o[key]) and 0 <= o[key] < 1, f'optim.{key}={o[key]} must be in [0, 1)')
+  _check(finite(o.eps) and o.eps > 0, f'optim.eps={o.eps} must be positive')
+  _check(finite(o.grad_clip), f'optim.grad_clip={o.grad_clip} must be a number (<= 0 disables clipping)')
+  for key in ('warmup_start', 'final_lr_frac'):
+    _check(finite(o[key]) and 0 <= o[key] <= 1, f'optim.{key}={o[key]} must be in [0, 1]')
+
+
 def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collections.ConfigDict:
   """Validated copy of `config` with derived values filled in.
 
@@ -115,7 +130,12 @@ def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collect
   a batch that does not split over the data-parallel devices or processes, and whatever the task refuses.
   """
   c = merged(config)
+  for group in ('model', 'tokenizer'):  # first: other checks (image size, FLOPs) assume increasing scales
+    p = tuple(c[group].get('patch_nums') or ()) if group in c else ()
+    _check(all(a < b for a, b in zip(p, p[1:])) and all(n > 0 for n in p),
+           f'{group}.patch_nums={p} must be increasing positive scale sizes')
   _check(c.steps > 0, f'steps must be positive, got {c.steps}')
+  data_config.check(c.data)
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = sharding.resolve_mesh_shape(
       [c.mesh[a] for a in sharding.MESH_AXES], num_devices)
   dp = c.mesh.data * c.mesh.fsdp
@@ -136,6 +156,7 @@ def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collect
   if o.weight_decay_end is None:
     o.weight_decay_end = o.weight_decay
   _check(0 <= o.warmup_steps < c.steps, f'optim.warmup_steps={o.warmup_steps} must be in [0, steps={c.steps})')
+  _check_optim(o)
   for group in ('checkpoint', 'log', 'eval'):
     _check(c[group].every_steps > 0, f'{group}.every_steps must be positive, got {c[group].every_steps}')
   _check(c.checkpoint.keep > 0, f'checkpoint.keep must be positive, got {c.checkpoint.keep}')

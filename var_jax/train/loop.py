@@ -1,6 +1,7 @@
 """The training loop: resume, train, evaluate, log and checkpoint until `config.steps`.
 
-Workdir layout: `config.json` (resolved config, written once), `metrics.jsonl` (one JSON per
+Workdir layout: `LOCK` (the one writer, `var_jax.train.workdir`), `config.json` (resolved config; a resumed
+run may change only `workdir.MAY_CHANGE`), `metrics.jsonl` (one JSON per
 logged step and split), `tb/` (TensorBoard), `checkpoints/` (orbax) and, when the run reached its
 last step, `DONE` (JSON summary). Only process 0 writes files other than checkpoints.
 """
@@ -24,6 +25,7 @@ from var_jax.train import checkpoint as checkpoint_lib
 from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
 from var_jax.train import perf
+from var_jax.train import workdir as workdir_lib
 
 
 class MetricsWriter:
@@ -148,24 +150,50 @@ def _figures(record: dict, keys: tuple[str, ...]) -> str:
   return ' | '.join(f'{k} {record[k]:.4g}' for k in keys if record.get(k) is not None)
 
 
+def _reconcile(cfg, config, workdir: str) -> dict | None:
+  """Checks `cfg` against the folder's config.json; the DONE summary when the run has nothing left to do."""
+  if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)):
+    return None
+  changed = workdir_lib.reconcile(cfg, config, os.path.join(workdir, workdir_lib.CONFIG))
+  done = workdir_lib.finished(workdir)
+  if done is not None and done.get('step', 0) >= cfg.steps:
+    logging.info('%s: finished at step %d (DONE); nothing to do', workdir, done['step'])
+    return done
+  if changed:
+    logging.info('%s: resuming with changed keys: %s', workdir, '; '.join(changed))
+  return None
+
+
+def _record_start(cfg, workdir: str) -> None:
+  """Process 0, once the checkpoint is restored: config.json written, and a DONE of a shorter run removed."""
+  workdir_lib.write_config(workdir, cfg)
+  done = workdir_lib.finished(workdir)
+  if done is not None:
+    logging.info('%s: extending the finished run from step %d to %d', workdir, done['step'], cfg.steps)
+    os.remove(os.path.join(workdir, workdir_lib.DONE))
+
+
 def _train(config, workdir, devices, stop, resources) -> dict:
   devices = list(jax.devices() if devices is None else devices)
   cfg = config_lib.resolve(config, len(devices), jax.process_count())
   is_main = jax.process_index() == 0
+  workdir_lib.check_usable(workdir)
   os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, 'config.json')
-  if is_main and not os.path.exists(config_path):
-    with open(config_path, 'w') as f:
-      f.write(cfg.to_json(indent=2))
+  lock = workdir_lib.claim(workdir)
+  if lock is not None:
+    resources.callback(lock.release)
+  done = _reconcile(cfg, config, workdir)
+  if done is not None:
+    return done
 
   engine = engine_lib.Engine(cfg, devices)
   console_keys = engine.task.console_keys
+  state = engine.init_state()
+  train_batches = engine.batches('train')
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                      keep_every=cfg.checkpoint.keep_every,
                                      async_save=cfg.checkpoint.async_save)
   resources.callback(ckpt.close)
-  state = engine.init_state()
-  train_batches = engine.batches('train')
   restored = ckpt.restore_latest(state, engine.state_shardings)
   last_saved = None
   if restored is not None:
@@ -175,6 +203,10 @@ def _train(config, workdir, devices, stop, resources) -> dict:
     last_saved = int(jax.device_get(state.step))
     logging.info('resumed from %s at step %d', ckpt.directory, last_saved)
   start = int(jax.device_get(state.step))
+  if start > cfg.steps:
+    raise errors.ConfigError(f'steps={cfg.steps} is below the step {start} of the newest checkpoint in {ckpt.directory}')
+  if is_main:
+    _record_start(cfg, workdir)
 
   writer = MetricsWriter(workdir, is_main)
   resources.callback(writer.close)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -182,6 +183,20 @@ class VarTask(task_lib.Task):
 
   def eval_step(self, state, batch):
     return eval_step(state, batch, model=self.model, tokenizer=self.tokenizer)
+
+  def batches(self, split: str, *, process_index: int, process_count: int):
+    """The task's batches, after checking the dataset's classes against model.num_classes."""
+    loader = super().batches(split, process_index=process_index, process_count=process_count)
+    have, want = getattr(loader, 'num_classes', None), self.model.num_classes  # synthetic tokens have none
+    if have is None:
+      return loader
+    if have > want:
+      raise errors.ConfigError(f'model.num_classes={want} but data.name={self.config.data.name!r} has {have} '
+                               f'classes; set model.num_classes >= {have}')
+    if have < want:
+      logging.warning('data.name=%r has %d classes, model.num_classes=%d: classes %d.. are never seen',
+                      self.config.data.name, have, want, have)
+    return loader
 
   def loader_kwargs(self) -> dict[str, Any]:
     spec = synthetic_tokens.TokenSpec(seq_len=self.model.seq_len, vocab_size=self.model.vocab_size,
