@@ -1,5 +1,5 @@
-"""Fine-tuning (`init.path`): from an official-format .pth and from a var_jax run, another num_classes,
-refused mismatches, and a SIGKILLed fine-tuning run that resumes from its own checkpoint."""
+"""Fine-tuning (`init.path`): from an official-format .pth with another num_classes, a refused mismatch, a
+SIGKILLed fine-tuning run that resumes from its own checkpoint, and from a var_jax run."""
 import json
 import logging
 import os
@@ -20,7 +20,6 @@ from var_jax.train import checkpoint
 from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
 from var_jax.train import finetune
-from var_jax.train import loop
 from var_jax.weights import state_dict as sd
 from var_jax.weights import var as var_weights
 
@@ -32,26 +31,26 @@ def _model(cfg, **overrides):
   return var_lib.VAR(**{**var_lib.resolve(cfg.model), **overrides})
 
 
-@pytest.fixture(scope='module')
-def source_run(tmp_path_factory):
-  """A 3-step var_jax run of the smoke fine-tuning config, from scratch (checkpoint at step 3)."""
-  workdir = tmp_path_factory.mktemp('source')
+def _official_file(path, **overrides):
+  """An official-format state dict of the smoke fine-tuning model (with `overrides`), random numbers."""
   cfg = load_experiment('var_finetune', 'smoke')
-  cfg.steps = 3
-  loop.train(cfg, str(workdir), devices=jax.devices()[:1])
-  return workdir
-
-
-def test_official_pth_with_another_num_classes(tmp_path, caplog):
-  cfg = load_experiment('var_finetune', 'smoke')
-  src_model = _model(cfg, num_classes=5)
-  src_params = jax.device_get(var_weights.param_shapes(src_model))  # shapes only: fill with numbers
+  model = _model(cfg, **overrides)
   rng = np.random.default_rng(0)
-  src_params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), src_params)
-  path = str(tmp_path / 'var_official.pth')
-  sd.write_state_dict(path, var_weights.to_state_dict(src_params, src_model))
+  params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), var_weights.param_shapes(model))
+  sd.write_state_dict(str(path), var_weights.to_state_dict(params, model))
+  return str(path), params
 
-  cfg.init.path = path  # the run has 10 classes, the checkpoint 5
+
+@pytest.fixture(scope='module')
+def official_pth(tmp_path_factory):
+  """(path, params) of an official .pth of the smoke model trained on 5 classes (the run has 10)."""
+  return _official_file(tmp_path_factory.mktemp('official') / 'var_official.pth', num_classes=5)
+
+
+def test_official_pth_with_another_num_classes(official_pth, caplog):
+  path, src_params = official_pth
+  cfg = load_experiment('var_finetune', 'smoke')
+  cfg.init.path = path
   engine = engine_lib.Engine(config_lib.resolve(cfg, 1), jax.devices()[:1])
   with caplog.at_level(logging.WARNING):
     params = jax.device_get(engine.init_state().params)
@@ -65,12 +64,8 @@ def test_official_pth_with_another_num_classes(tmp_path, caplog):
 
 
 def test_mismatched_architecture_is_refused_with_the_keys(tmp_path):
-  cfg = load_experiment('var_finetune', 'smoke')
-  deeper = _model(cfg, depth=2)
-  path = str(tmp_path / 'deeper.npz')
-  params = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), var_weights.param_shapes(deeper))
-  sd.write_state_dict(path, var_weights.to_state_dict(params, deeper))
-  model = _model(cfg)
+  path, _ = _official_file(tmp_path / 'deeper.npz', depth=2)
+  model = _model(load_experiment('var_finetune', 'smoke'))
   with pytest.raises(errors.ConfigError, match='init.path=.*blocks/attn/qkv/kernel'):
     finetune.load(path, model, var_weights.param_shapes(model))
   with pytest.raises(errors.ConfigError, match='init.path=.*no such'):
@@ -91,34 +86,52 @@ def _checkpoints(workdir):
   return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.exists() else []
 
 
-def test_from_a_var_jax_run_and_sigkill_resumes_from_its_own_checkpoint(source_run, tmp_path):
-  _, _, src_params, src_step = checkpoint.load_run(str(source_run))
-  assert src_step == 3
-  run = tmp_path / 'finetune'
-  log = tmp_path / 'run1.log'
-  proc = _start(run, log, source_run)
+@pytest.fixture(scope='module')
+def finetuned(official_pth, tmp_path_factory):
+  """A CLI fine-tuning run from the .pth, SIGKILLed after its step-3 checkpoint, then resumed with the .pth
+  gone; (run folder, first log, second log, exit code of the resumed run)."""
+  root = tmp_path_factory.mktemp('finetune')
+  run, path = root / 'run', official_pth[0]
+  log1, log2 = root / 'run1.log', root / 'run2.log'
+  proc = _start(run, log1, path)
   deadline = time.time() + 600
-  while not (f'step 4/{STEPS}' in log.read_text() and 3 in _checkpoints(run)):
-    assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+  while not (f'step 4/{STEPS}' in log1.read_text() and 3 in _checkpoints(run)):
+    assert proc.poll() is None and time.time() < deadline, log1.read_text()[-3000:]
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  record = json.loads((run / 'init.json').read_text())
-  assert record['source'] == 'var_jax run step 3' and record['reinitialised'] == []
-  assert record['fingerprint'] == sd.fingerprint(src_params)  # the source checkpoint's very values
-
-  # The source is gone: a resumed run must restore its own checkpoint and never read init.path again.
-  moved = tmp_path / 'moved_source'
-  os.rename(source_run, moved)
+  os.rename(path, path + '.gone')  # a resumed run must restore its own checkpoint, never init.path
   try:
-    log = tmp_path / 'run2.log'
-    proc = _start(run, log, source_run)
+    proc = _start(run, log2, path)
     proc.wait(timeout=600)
-    out = log.read_text()
   finally:
-    os.rename(moved, source_run)
-  assert proc.returncode == 0, out[-3000:]
-  assert 'resumed from' in out and 'fine-tuning from' not in out
+    os.rename(path + '.gone', path)
+  return run, log1.read_text(), log2.read_text(), proc.returncode
+
+
+def test_sigkilled_finetuning_resumes_from_its_own_checkpoint(finetuned, official_pth):
+  run, out1, out2, returncode = finetuned
+  path, src_params = official_pth
+  assert 'class_emb initialised afresh' in out1
+  record = json.loads((run / 'init.json').read_text())
+  assert record['path'] == path and record['source'] == 'official state dict'
+  assert record['reinitialised'] == ['class_emb'] and record['source_num_classes'] == 5
+  assert record['fingerprint'] == sd.fingerprint({k: v for k, v in src_params.items() if k != 'class_emb'})
+  assert returncode == 0, out2[-3000:]
+  assert 'resumed from' in out2 and 'fine-tuning from' not in out2
   done = json.loads((run / 'DONE').read_text())
   assert done['step'] == STEPS and done['init'] == record
-  assert json.loads((run / 'config.json').read_text())['init']['path'] == str(source_run)
+  assert json.loads((run / 'config.json').read_text())['init']['path'] == path
+
+
+def test_init_from_a_var_jax_run(finetuned):
+  run = finetuned[0]
+  _, task, run_params, step = checkpoint.load_run(str(run))
+  params, record = finetune.load(str(run), task.model, task.abstract_params)
+  assert record['source'] == f'var_jax run step {step}' and record['reinitialised'] == []
+  for key, value in sd.flat_leaves(jax.device_get(run_params)).items():
+    np.testing.assert_array_equal(sd.flat_leaves(params)[key], value, err_msg='/'.join(key))
+  # A run with another number of classes starts from all of it but the class embedding.
+  params, record = finetune.load(str(run), task.model.clone(num_classes=3), task.abstract_params | {
+      'class_emb': jax.ShapeDtypeStruct((4, 32), np.float32)})
+  assert record['reinitialised'] == ['class_emb'] and 'class_emb' not in params
