@@ -29,7 +29,10 @@ def test_cli_reproduces_fixture_a(fixture_a, tmp_path):
   printed = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()[:-1]}
   edit_keys = [k for k in expected.files if k.startswith('edit_') and k not in parity.INPUT_KEYS]
   assert edit_keys  # edit_idx_k (exact) and edit_img, through the editing path
-  for key in _tokenizer_keys(expected.files) + edit_keys:
+  # The official recipe, step by step, through the training engine.
+  train_keys = [k for k in ('train_loss', 'train_grad_norm', 'train_lr', 'trained_logits') if k in expected]
+  assert len(train_keys) == 4
+  for key in _tokenizer_keys(expected.files) + edit_keys + train_keys:
     # Same names, shapes and PyTorch layouts as the fixture.
     assert result[key].shape == expected[key].shape, key
     assert printed[key] == 'ok', key
@@ -56,7 +59,7 @@ def test_wrong_values_fail_and_missing_weights_skip(fixture_a, tmp_path):
   for key in set(_tokenizer_keys(expected)) - {'idx_2', 'recon'}:
     assert status[key] == 'ok', key
   # Without var weights, the transformer keys are skipped, never failed.
-  for key in ('logits', 'ce_loss', 'gen_img'):
+  for key in ('logits', 'ce_loss', 'gen_img', 'train_loss', 'trained_logits'):
     if key in expected:
       assert status[key] == 'skipped', key
 
@@ -96,4 +99,4 @@ def test_var_keys_from_own_tokens(fixture_a):
   for key in ('logits', 'ce_loss'):
     row = parity.compare(key, out[key], fx.expected[key])
     assert row.status == 'ok', (key, row.detail)
-  assert {'var', 'generation', 'editing'} <= set(parity.PRODUCERS)
+  assert {'var', 'generation', 'editing', 'training'} <= set(parity.PRODUCERS)

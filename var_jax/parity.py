@@ -8,15 +8,19 @@ A fixture folder holds `config.json`, the official state dicts (`vae.pth` or
 `labels` and the official outputs, PyTorch layouts). Every output key is produced by
 one registered group (`register`); each group returns its keys in the same names,
 shapes and layouts (NCHW images and feature maps). Keys that no group could compute
-(e.g. missing weights) are reported as skipped. Floats must be within 1e-4 absolute
+(e.g. missing weights) are reported as skipped. The `training` group runs the project's own training
+engine (`var_jax.train`: optimizer, schedules, train step) from the fixture's weights, through the
+config keys a real run would set. Floats must be within 1e-4 absolute
 after scaling by max(1, |expected|max); integer keys (token indices) must be equal.
 """
 import dataclasses
+import tempfile
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from absl import flags
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from var_jax import cli
@@ -24,7 +28,11 @@ from var_jax import errors
 from var_jax.models import editing
 from var_jax.models import loss as loss_lib
 from var_jax.models import sampling
+from var_jax.train import config as config_lib
+from var_jax.train import engine as engine_lib
+from var_jax.train.tasks import var as var_task
 from var_jax.weights import fixture as fixture_lib
+from var_jax.weights import vqvae
 
 PROG = 'var-parity'
 INPUT_KEYS = ('input_img', 'labels', 'edit_keep_mask', 'train_img', 'train_labels')
@@ -121,6 +129,55 @@ def editing_keys(fx: Fixture) -> Dict[str, np.ndarray]:
                           cfg=e['cfg'], top_k=e['top_k'])
   out = {f'edit_idx_{k}': np.asarray(idx_Bl).astype(np.int64) for k, idx_Bl in enumerate(idx)}
   out['edit_img'] = _nchw(img)
+  return out
+
+
+def train_config(fx: Fixture, tokenizer_dir: str) -> ml_collections.ConfigDict:
+  """The training config of config.json's `train` block: the fixture's model fine-tuned from its own
+  weights (`init.path`) on the frozen tokenizer saved in `tokenizer_dir`."""
+  t = fx.config['train']
+  c = config_lib.base_config('var')
+  c.steps, c.batch_size = t['steps'], int(fx.expected['train_labels'].shape[1])
+  c.model.update(fixture_lib.var_attributes(fx.config))
+  c.model.update(cond_drop_rate=t['cond_drop_rate'], drop_path_rate=t['drop_path_rate'])
+  c.tokenizer.path = tokenizer_dir
+  c.init.path = fx.state_dict_path('var')
+  (b1, b2), data_cfg = t['betas'], c.data
+  c.optim.update(dict(
+      lr=t['peak_lr'], b1=b1, b2=b2, eps=t['eps'], weight_decay=t['weight_decay'],
+      weight_decay_end=t['weight_decay_end'], schedule=t['schedule'], total_steps=t['total_steps'],
+      warmup_steps=t['warmup_steps'], warmup_start=t['warmup_start'], final_lr_frac=t['final_lr_frac'],
+      grad_clip=t['grad_clip'], label_smoothing=t['label_smoothing']))
+  data_cfg.image_size = fx.config['image_size']
+  return c
+
+
+@register('training')
+def training_keys(fx: Fixture) -> Dict[str, np.ndarray]:
+  """train_loss, train_grad_norm, train_lr (per step, before its update) and trained_logits: `train.steps`
+  steps of the training engine on train_img / train_labels, from the fixture's weights."""
+  if 'train' not in fx.config or 'train_img' not in fx.expected:
+    raise fixture_lib.MissingPart('no train block in config.json or no train_img in expected.npz')
+  fx.state_dict_path('var')  # MissingPart before any work
+  vae, vae_params = fx.tokenizer()
+  with tempfile.TemporaryDirectory() as tokenizer_dir:
+    vqvae.save(tokenizer_dir, vae, vae_params)
+    cfg = config_lib.resolve(train_config(fx, tokenizer_dir), num_devices=1)
+    engine = engine_lib.Engine(cfg, jax.devices()[:1])
+    state = engine.init_state()
+  logged = {'loss': [], 'grad_norm': [], 'lr': []}
+  for img, label in zip(fx.expected['train_img'], fx.expected['train_labels']):
+    batch = {'image': img.transpose(0, 2, 3, 1), 'label': label.astype(np.int32)}
+    state, metrics = engine.train_step(state, engine.global_batch(batch))
+    for key, values in logged.items():
+      values.append(float(metrics[key]))
+  task = engine.task
+  _, x_BLC = var_task.teacher_forcing(task.tokenizer, vae_params, {'image': input_img_BHWC(fx)},
+                                      task.patch_nums)
+  logits = task.model.apply({'params': jax.device_get(state.params)},
+                            jnp.asarray(fx.expected['labels'], jnp.int32), x_BLC)
+  out = {f'train_{key}': np.asarray(values, np.float32) for key, values in logged.items()}
+  out['trained_logits'] = np.asarray(logits)
   return out
 
 

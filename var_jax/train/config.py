@@ -45,7 +45,8 @@ def common_config() -> ml_collections.ConfigDict:
       weight_decay=0.05,
       weight_decay_end=_placeholder(float),  # cosine ramp to this value; None keeps it constant
       schedule='lin0',           # one of SCHEDULES
-      warmup_steps=_placeholder(int),  # None: 2% of steps (official wp = ep/50)
+      total_steps=_placeholder(int),   # steps the schedules span (official max_it); None: steps
+      warmup_steps=_placeholder(int),  # None: 2% of total_steps (official wp = ep/50)
       warmup_start=0.005,        # lr at step 0 as a fraction of the peak (official wp0)
       final_lr_frac=0.01,        # lr at the last step as a fraction of the peak (official wpe)
       grad_clip=2.0))            # <= 0 disables clipping
@@ -151,11 +152,15 @@ def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collect
   _check(o.schedule in SCHEDULES, f'optim.schedule={o.schedule!r}; expected one of {SCHEDULES}')
   if o.lr is None:
     o.lr = o.base_lr * c.batch_size / 256
+  if o.total_steps is None:
+    o.total_steps = c.steps
+  _check(o.total_steps >= c.steps, f'optim.total_steps={o.total_steps} must be at least steps={c.steps}')
   if o.warmup_steps is None:
-    o.warmup_steps = round(c.steps / 50)
+    o.warmup_steps = round(o.total_steps / 50)
   if o.weight_decay_end is None:
     o.weight_decay_end = o.weight_decay
-  _check(0 <= o.warmup_steps < c.steps, f'optim.warmup_steps={o.warmup_steps} must be in [0, steps={c.steps})')
+  _check(0 <= o.warmup_steps < o.total_steps,
+         f'optim.warmup_steps={o.warmup_steps} must be in [0, optim.total_steps={o.total_steps})')
   _check_optim(o)
   for group in ('checkpoint', 'log', 'eval'):
     _check(c[group].every_steps > 0, f'{group}.every_steps must be positive, got {c[group].every_steps}')

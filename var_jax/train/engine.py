@@ -65,10 +65,13 @@ class Engine:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
                         self.state_shardings)
 
-  def init_state(self) -> state_lib.TrainState:
-    """The task's fresh (or `start_params`) state, seeded by `config.seed`, created directly in its shards."""
+  def init_state(self, start_params: bool = True) -> state_lib.TrainState:
+    """The task's fresh (or `start_params`) state, seeded by `config.seed`, created directly in its shards.
+
+    `start_params=False` skips the task's starting point (a checkpoint is about to replace the state).
+    """
     frozen = sharding.put_replicated(self._frozen_host, self.mesh)
-    start = self.task.start_params()
+    start = self.task.start_params() if start_params else None
     if start is not None:
       start = sharding.put_replicated(start, self.mesh)
     with self._in_mesh():

@@ -1,7 +1,8 @@
 """The training loop: resume, train, evaluate, log and checkpoint until `config.steps`.
 
 Workdir layout: `LOCK` (the one writer, `var_jax.train.workdir`), `config.json` (resolved config; a resumed
-run may change only `workdir.MAY_CHANGE`), `metrics.jsonl` (one JSON per
+run may change only `workdir.MAY_CHANGE`), `init.json` (what a fine-tuning run started from, when it did),
+`metrics.jsonl` (one JSON per
 logged step and split), `tb/` (TensorBoard), `checkpoints/` (orbax) and, when the run reached its
 last step, `DONE` (JSON summary). Only process 0 writes files other than checkpoints.
 """
@@ -146,6 +147,13 @@ def train(config: Any, workdir: str, devices=None) -> dict:
     stop.restore()
 
 
+def _read_json(path: str) -> Any:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _figures(record: dict, keys: tuple[str, ...]) -> str:
   return ' | '.join(f'{k} {record[k]:.4g}' for k in keys if record.get(k) is not None)
 
@@ -188,14 +196,22 @@ def _train(config, workdir, devices, stop, resources) -> dict:
 
   engine = engine_lib.Engine(cfg, devices)
   console_keys = engine.task.console_keys
-  state = engine.init_state()
   train_batches = engine.batches('train')
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.checkpoint.keep,
                                      keep_every=cfg.checkpoint.keep_every,
                                      async_save=cfg.checkpoint.async_save)
   resources.callback(ckpt.close)
+  # A run with checkpoints restores them; only a fresh one reads the task's starting point (init.path).
+  fresh = not ckpt.all_steps()
+  state = engine.init_state(start_params=fresh)
+  init_path = os.path.join(workdir, 'init.json')
+  if fresh and is_main and engine.task.start_record is not None:
+    with open(init_path, 'w') as f:
+      json.dump(engine.task.start_record, f, indent=1)
   restored = ckpt.restore_latest(state, engine.state_shardings)
   last_saved = None
+  if restored is None and not fresh:  # every saved step was unreadable: start over
+    state = engine.init_state()
   if restored is not None:
     state, meta = restored
     train_batches.set_state(meta['data'])
@@ -279,7 +295,7 @@ def _train(config, workdir, devices, stop, resources) -> dict:
                  **{f'eval_{k}': None if last_eval is None else last_eval.get(k)
                     for k in engine.task.summary_keys},
                  train=last_train, eval=last_eval, wall_time_s=time.time() - t_start,
-                 model=engine.task.describe())
+                 model=engine.task.describe(), init=_read_json(init_path))
   summary.update(engine.task.finish(state, workdir))  # e.g. the exported tokenizer and its grid
   if is_main:
     with open(os.path.join(workdir, 'DONE'), 'w') as f:

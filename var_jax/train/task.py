@@ -94,12 +94,14 @@ class Task(abc.ABC):
     """Fresh params, or the run's starting point `start` (see `start_params`) with fresh values where it
     has none. Fresh leaves that are sharded carry logical axis names (`nn.with_logical_partitioning`)."""
 
+  start_record: dict[str, Any] | None = None  # what `start_params` loaded (JSON), kept in init.json and DONE
+
   def start_params(self) -> Any:
-    """Host params to start from instead of a fresh init (fine-tuning), or None."""
+    """Host params to start from instead of a fresh init (fine-tuning), or None; sets `start_record`."""
     return None
 
   def make_optimizer(self) -> optax.GradientTransformation:
-    return state_lib.make_optimizer(self.config.optim, self.config.steps, self.logical_specs)
+    return state_lib.make_optimizer(self.config.optim, self.config.optim.total_steps, self.logical_specs)
 
   def init_opt_state(self, params: Any) -> Any:
     return self.tx.init(params)

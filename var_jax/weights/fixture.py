@@ -61,12 +61,16 @@ class Fixture:
       expected = {k: data[k] for k in data.files}
     return cls(str(path), config, expected)
 
-  def state_dict(self, stem: str) -> sd.StateDict:
-    """The official state dict `<stem>_state.npz` (preferred) or `<stem>.pth`."""
+  def state_dict_path(self, stem: str) -> str:
+    """The file of the official state dict `<stem>_state.npz` (preferred) or `<stem>.pth`."""
     for name in (f'{stem}_state.npz', f'{stem}.pth'):
       if os.path.exists(os.path.join(self.path, name)):
-        return sd.read_state_dict(os.path.join(self.path, name))
+        return os.path.join(self.path, name)
     raise MissingPart(f'no {stem}_state.npz or {stem}.pth in {self.path}')
+
+  def state_dict(self, stem: str) -> sd.StateDict:
+    """The official state dict `<stem>_state.npz` (preferred) or `<stem>.pth`."""
+    return sd.read_state_dict(self.state_dict_path(stem))
 
   def tokenizer(self) -> tuple[tokenizer.VQVAE, sd.Params]:
     """The fixture's VQVAE and its converted params."""

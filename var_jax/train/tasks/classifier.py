@@ -135,7 +135,7 @@ class ClassifierTask(task_lib.Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.model = _model(config)
-    self.lr_fn = state_lib.lr_schedule(config.optim, config.steps)
+    self.lr_fn = state_lib.lr_schedule(config.optim, config.optim.total_steps)
     super().__init__(config)
 
   def init_params(self, key: jax.Array, start: Any = None) -> Any:

@@ -145,7 +145,7 @@ class TokenizerTask(task_lib.Task):
       self.vae = _vae(config.tokenizer)
     self.patch_nums = tuple(self.vae.patch_nums)
     self.disc = _disc(config) if self.spec.disc_weight > 0 else None
-    self.lr_fn = state_lib.lr_schedule(config.optim, config.steps)
+    self.lr_fn = state_lib.lr_schedule(config.optim, config.optim.total_steps)
     self._frozen = {}
     if self.spec.perceptual > 0:
       self._frozen['perceptual'] = perceptual_lib.load_params(config.loss.perceptual_path)
@@ -175,7 +175,7 @@ class TokenizerTask(task_lib.Task):
 
   def make_optimizer(self) -> Any:
     c = self.config
-    self.tx_vae = state_lib.make_optimizer(c.optim, c.steps)
+    self.tx_vae = state_lib.make_optimizer(c.optim, c.optim.total_steps)
     self.tx_disc = None
     if self.disc is not None:
       disc_optim = ml_collections.ConfigDict(c.optim.to_dict())

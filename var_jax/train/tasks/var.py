@@ -25,6 +25,7 @@ from var_jax.data import synthetic_tokens
 from var_jax.models import loss as loss_lib
 from var_jax.models import tokenizer as tokenizer_lib
 from var_jax.models import var as var_lib
+from var_jax.train import finetune
 from var_jax.train import state as state_lib
 from var_jax.train import task as task_lib
 from var_jax.weights import state_dict as sd
@@ -107,6 +108,9 @@ class VarTask(task_lib.Task):
         attention='auto'))
     c.tokenizer = tokenizer_group()
     c.optim = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+    # Fine-tuning: params (not optimizer state) from an official state dict or a var_jax run folder before
+    # step 0 (var_jax.train.finetune); a resumed run restores its own checkpoints instead.
+    c.init = ml_collections.ConfigDict(dict(path=config_dict.placeholder(str)))
     return c
 
   @classmethod
@@ -163,16 +167,21 @@ class VarTask(task_lib.Task):
     if have != want:
       raise errors.ConfigError(f'tokenizer.path={config.tokenizer.path}: (vocab_size, z_channels, patch_nums)='
                                f'{have} does not match the model\'s (vocab_size, cvae, patch_nums)={want}')
-    self.lr_fn = state_lib.lr_schedule(config.optim, config.steps)
+    self.lr_fn = state_lib.lr_schedule(config.optim, config.optim.total_steps)
     super().__init__(config)
 
   def init_params(self, key: jax.Array, start: Any = None) -> Any:
-    if start is not None:
-      return start
     L = self.model.seq_len - self.model.first_l
     label = jnp.zeros((1,), jnp.int32)
     x_BLC = jnp.zeros((1, L, self.model.cvae), jnp.float32)
-    return self.model.init({'params': key, 'dropout': key}, label, x_BLC, train=False)['params']
+    fresh = self.model.init({'params': key, 'dropout': key}, label, x_BLC, train=False)['params']
+    return finetune.merge(fresh, start)
+
+  def start_params(self) -> Any:
+    if not self.config.init.path:
+      return None
+    params, self.start_record = finetune.load(str(self.config.init.path), self.model, self.abstract_params)
+    return params
 
   def frozen(self) -> Any:
     return self._tok_params
