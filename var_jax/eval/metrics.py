@@ -7,6 +7,8 @@ The definitions are those of the ADM evaluator (openai/guided-diffusion
   - Inception Score exp(E_x KL(p(y|x) || p(y))), averaged over contiguous splits.
   - Improved precision and recall (Kynkäänniemi et al. 2019): a sample is "in" a set's
     manifold when it lies within the k-th-nearest-neighbour radius of some member of that set.
+  - Sample accuracy (ours, for class-conditional samples and a classifier of their classes): the
+    fraction of samples generated for class c that the classifier labels c, averaged over classes.
 Reference statistics use the ADM `.npz` layout: `mu` (D,), `sigma` (D, D), optional `arr_0`
 (N, H, W, 3) uint8 images. ADM's own reference files also hold `mu_s`/`sigma_s` (sFID spatial
 statistics), which are not used here.
@@ -135,6 +137,26 @@ def inception_score(probs_NK: np.ndarray, splits: int = 10) -> tuple[float, floa
     kl = special.rel_entr(part, part.mean(axis=0, keepdims=True)).sum(axis=1).mean()
     scores.append(np.exp(kl))
   return float(np.mean(scores)), float(np.std(scores))
+
+
+def sample_accuracy(logits_NK: np.ndarray, labels_N: np.ndarray) -> tuple[float, np.ndarray]:
+  """(mean over classes, per class [K]) of the fraction of samples generated for class c labelled c.
+
+  `labels_N` are the classes the samples were generated for and `logits_NK` a classifier's outputs. A class
+  with no samples has NaN in the per-class array and does not enter the mean.
+  """
+  logits = _check_features(logits_NK, 'sample_accuracy')
+  labels = np.asarray(labels_N)
+  k = logits.shape[1]
+  if labels.shape != (logits.shape[0],) or not np.issubdtype(labels.dtype, np.integer) or (
+      labels.min() < 0 or labels.max() >= k):
+    raise ValueError(f'sample_accuracy: expected integer labels (N,) = ({logits.shape[0]},) in [0, {k}), got '
+                     f'{labels.dtype} {labels.shape}')
+  hits_N = np.argmax(logits, axis=1) == labels
+  counts_K = np.bincount(labels, minlength=k)
+  with np.errstate(invalid='ignore', divide='ignore'):
+    per_class_K = np.bincount(labels, weights=hits_N, minlength=k) / counts_K
+  return float(np.nanmean(per_class_K)), per_class_K
 
 
 # --- improved precision and recall -----------------------------------------------------------

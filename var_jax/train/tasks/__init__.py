@@ -12,6 +12,7 @@ from var_jax import errors
 _MODULES = {
     'var': 'var_jax.train.tasks.var',
     'tokenizer': 'var_jax.train.tasks.tokenizer',
+    'classifier': 'var_jax.train.tasks.classifier',
 }
 _REGISTERED: dict[str, type] = {}
 
