@@ -21,6 +21,10 @@ def _ci(fit: dict, key: str) -> str:
   return f'[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]' if lo_hi else 'n/a'
 
 
+def _yes(ok: bool) -> str:
+  return 'yes' if ok else 'no'
+
+
 def _zoomed(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
   import PIL.Image  # pylint: disable=g-import-not-at-top
   img = PIL.Image.open(src)
@@ -118,8 +122,8 @@ def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> path
       *[f'| {r["run_id"]} | {r["depth"]} | {r["width"]} | {_fmt(r["params"])} | {_fmt(r["flops"])} | '
         f'{_fmt(r["loss"])} | {_fmt(r["loss_last_scale"])} | {_fmt(by_run.get(r["run_id"], {}).get("fd"))} | '
         f'{_fmt(by_run.get(r["run_id"], {}).get("sample_accuracy"), 3)} |' for r in rows], '',
-      f'Each larger model reaches a lower eval loss: **{"yes" if all(a > b for a, b in zip(losses, losses[1:])) else "no"}**. '
-      f'FD falls from the smallest model to the largest: **{"yes" if len(fds) > 1 and fds[-1] < fds[0] else "no"}**. '
+      f'Each larger model reaches a lower eval loss: **{_yes(all(a > b for a, b in zip(losses, losses[1:])))}**. '
+      f'FD falls from the smallest model to the largest: **{_yes(len(fds) > 1 and fds[-1] < fds[0])}**. '
       f'FD of {quality["samples_per_class"] * len(classes)} real training images (the floor at this sample count): '
       f'{_fmt(quality["fd_real_floor"])}; FD and sample accuracy from {quality["samples_per_class"]} samples per '
       f'class, against {quality["num_reference"]} held-out images.', '',

@@ -87,17 +87,20 @@ def _watch(proc: subprocess.Popen, stage: Stage, log_path: pathlib.Path) -> int:
   tty = sys.stdout.isatty()
   bar = tqdm.tqdm(total=None, desc=f'       {stage.name}', unit=f' {stage.unit}', file=sys.stdout, leave=False,
                   dynamic_ncols=True, disable=not tty)
-  last_line = time.monotonic()
+  shown, last_line = None, time.monotonic()
   with bar:
     while proc.poll() is None:
       time.sleep(POLL_S)
       counts = stage.progress(log_path)
-      if counts and counts[0] != bar.n:
+      if not counts or counts == shown:
+        continue
+      if tty:
         bar.total = counts[1]
         bar.update(counts[0] - bar.n)
-        if not tty and time.monotonic() - last_line > PLAIN_EVERY_S:
-          print(f'       {stage.name}: {counts[0]}/{counts[1]} {stage.unit}', flush=True)
-          last_line = time.monotonic()
+        shown = counts
+      elif time.monotonic() - last_line > PLAIN_EVERY_S:
+        print(f'       {stage.name}: {counts[0]}/{counts[1]} {stage.unit}', flush=True)
+        shown, last_line = counts, time.monotonic()
   return proc.returncode
 
 
@@ -151,9 +154,11 @@ def run_stages(stages: Sequence[Stage], out: pathlib.Path) -> dict[str, dict]:
 # samples each size draws for FD and sample accuracy.
 SIZES = {
     'full': dict(tokenizer='experiments/tokenizer_shapes.py:demo', sweep='experiments/shapes_scaling.py',
-                 classifier='experiments/classifier_shapes.py:demo', classifier_steps=None, samples_per_class=32),
+                 classifier='experiments/classifier_shapes.py:demo', classifier_flags=(), samples_per_class=32),
     'tiny': dict(tokenizer='experiments/tokenizer_shapes.py:test', sweep='experiments/shapes_scaling.py:tiny',
-                 classifier='experiments/classifier_shapes.py:tiny', classifier_steps=6, samples_per_class=2),
+                 classifier='experiments/classifier_shapes.py:tiny', samples_per_class=2,
+                 classifier_flags=('--config.steps=6', '--config.optim.warmup_steps=1', '--config.eval.every_steps=6',
+                                   '--config.eval.batch_size=16', '--config.checkpoint.every_steps=6')),
 }
 # The tokenizer's data keys that the classifier must share (same images, same classes).
 SHARED_DATA_KEYS = ('data_dir', 'image_size', 'num_train', 'num_eval', 'max_shapes', 'synthetic_seed',
@@ -214,12 +219,13 @@ def make_stages(out: pathlib.Path, size: str) -> list[Stage]:
     # The fit stage re-expands the same sweep, so both must pass the same overrides (they set the run ids).
     return _module('var_jax.sweep', f'--config={s["sweep"]}', f'--workdir={sweep}', *extra,
                    *tokenizer_overrides(tok_dir, 'config.base.'), '--config.base.data.name=tokens',
-                   f'--config.base.data.path={tokens}', f'--config.base.data.image_size={data_cfg()["image_size"]}')
+                   f'--config.base.data.path={tokens}', f'--config.base.data.image_size={data_cfg()["image_size"]}',
+                   f'--config.base.model.num_classes={_json(tokens / "tokenize-train.json")["num_classes"]}')
 
   def classifier_argv():
-    steps = [f'--config.steps={s["classifier_steps"]}'] if s['classifier_steps'] else []
     shared = [f'--config.data.{k}={_flag_value(data_cfg()[k])}' for k in SHARED_DATA_KEYS]
-    return _module('var_jax.train', f'--config={s["classifier"]}', f'--workdir={cls_run}', *steps, *shared)
+    return _module('var_jax.train', f'--config={s["classifier"]}', f'--workdir={cls_run}', *s['classifier_flags'],
+                   *shared)
 
   def tokenizer_headline():
     ev = _json(tok_run / 'DONE')['eval']
@@ -234,8 +240,8 @@ def make_stages(out: pathlib.Path, size: str) -> list[Stage]:
 
   def fit_headline():
     fits = _json(sweep / 'report' / 'fits.json')
-    return [f'L ~ X^alpha against {x}: alpha {fits[f"power_{x}_loss"]["alpha"]:.4f}, r {fits[f"power_{x}_loss"]["r"]:.4f}'
-            for x in ('params', 'flops') if f'power_{x}_loss' in fits]
+    laws = [(x, fits[f'power_{x}_loss']) for x in ('params', 'flops') if f'power_{x}_loss' in fits]
+    return [f'L ~ X^alpha against {x}: alpha {law["alpha"]:.4f}, r {law["r"]:.4f}' for x, law in laws]
 
   def classifier_headline():
     ev = _json(cls_run / 'DONE').get('eval', {})
@@ -260,7 +266,7 @@ def make_stages(out: pathlib.Path, size: str) -> list[Stage]:
             headline=tokens_headline('validation')),
       Stage('sweep', 'train VAR at every size of the sweep on the stored tokens',
             lambda: (sweep / 'results.csv').exists() and all(r['status'] == 'done' for r in results(sweep)),
-            lambda: sweep_argv('--noreport'), progress=sweep_progress(sweep), headline=sweep_headline),
+            lambda: sweep_argv('--noreport', '--retry_failed'), progress=sweep_progress(sweep), headline=sweep_headline),
       Stage('fit', 'fit L = (beta X)^alpha against parameters and compute; plots and tables',
             lambda: (sweep / 'report' / 'fits.json').exists(), lambda: sweep_argv('--aggregate_only'),
             headline=fit_headline),
