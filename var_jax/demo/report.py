@@ -63,14 +63,15 @@ def _fits_rows(fits: dict) -> list[str]:
   return rows
 
 
-def _fd_fits(quality: dict, report_dir: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
+def _fd_fits(quality: dict, rows: list[dict], report_dir: pathlib.Path) -> tuple[dict, list[pathlib.Path]]:
   """Power laws of FD against parameters and compute, and their plots."""
   runs = quality['runs']
+  size = {r['run_id']: f'd{r["depth"]} w{r["width"]}' for r in rows}
   fd = np.asarray([q['fd'] for q in runs])
   fits, pngs = {}, []
   if len(runs) < 2 or not np.all(fd > 0):
     return fits, pngs
-  labels = [q['run_id'].split('-')[0] for q in runs]
+  labels = [size.get(q['run_id'], q['run_id']) for q in runs]
   for x in ('params', 'flops'):
     xs = np.asarray([q[x] for q in runs])
     fits[f'power_{x}_fd'] = fit_lib.fit_power(xs, fd, n_bootstrap=200)
@@ -83,11 +84,11 @@ def _fd_fits(quality: dict, report_dir: pathlib.Path) -> tuple[dict, list[pathli
 def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> pathlib.Path:
   sweep, samples = out / 'sweep', out / 'samples'
   report_dir = sweep / 'report'
-  rows = stages.results(sweep)
+  rows = [r for r in stages.results(sweep) if r['status'] == 'done']
   fits = json.loads((report_dir / 'fits.json').read_text())
   quality = json.loads((samples / 'quality.json').read_text())
   by_run = {q['run_id']: q for q in quality['runs']}
-  fd_fits, fd_pngs = _fd_fits(quality, report_dir)
+  fd_fits, fd_pngs = _fd_fits(quality, rows, report_dir)
   fits.update(fd_fits)
   tok = json.loads((out / 'tokenizer' / 'DONE').read_text())['eval']
   data = json.loads((out / 'tokenizer' / 'config.json').read_text())['data']
@@ -96,6 +97,7 @@ def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> path
   largest = by_run.get(quality['largest'], {})
   total = sum(t['seconds'] for t in timings.values())
   classes = quality['class_names']
+  shapes = 'one shape' if data['max_shapes'] == 1 else f'1 to {data["max_shapes"]} shapes'
   recon = _zoomed(out / 'tokenizer' / 'recon_grid.png', out / 'tokenizer' / 'recon_grid_zoom.png')
   grid = labelled_grid(samples / 'samples.npz', samples / 'samples_labelled.png')
 
@@ -106,8 +108,8 @@ def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> path
       'to the final eval losses, a shapes classifier, and class-conditional samples of every size scored by it. '
       "Every stage is one of var_jax's own commands; each one's exact command line heads its log in `logs/`.", '',
       f'Data: `synthetic_shapes`, style {data["synthetic_style"]!r}, {data["image_size"]} px, '
-      f'{data["num_train"]} training and {data["num_eval"]} held-out images, up to {data["max_shapes"]} shape(s) '
-      f'an image of radius {data["synthetic_radius"][0]}-{data["synthetic_radius"][1]} of the side; '
+      f'{data["num_train"]} training and {data["num_eval"]} held-out images, {shapes} an image of radius '
+      f'{data["synthetic_radius"][0]}-{data["synthetic_radius"][1]} of the side; '
       f'{len(classes)} classes: {", ".join(classes)}.', '',
       '## Stages', '', '| stage | what | wall time (s) |', '| --- | --- | --- |',
       *[f'| {name} | {t["what"]} | {t["seconds"]:.1f} |' for name, t in timings.items()],
