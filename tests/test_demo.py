@@ -42,7 +42,7 @@ def test_report_has_every_stage_runs_fits_plots_and_samples(tiny_demo):
     assert all(math.isfinite(float(v)) for v in (alpha, lo, hi, beta))
     assert r == 'nan' or -1 <= float(r) <= 1  # r is undefined for the tiny sweep's two points
   images = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', report)
-  assert 'samples/samples.png' in images and len(images) >= 3
+  assert 'samples/samples_labelled.png' in images and 'tokenizer/recon_grid_zoom.png' in images and len(images) >= 4
   for rel in images:
     assert (out / rel).stat().st_size > 0, rel
   assert '[demo] done' in res.stdout
