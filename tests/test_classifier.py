@@ -55,6 +55,11 @@ def trained(tmp_path_factory):
   return cfg, engine, state, out['classifier'], held_x, held_y
 
 
+@pytest.fixture(scope='module')
+def extractor(trained):
+  return features.get_extractor(f'shapes:{trained[3]}', batch_size=48)  # 256 = 5 full batches + a padded one
+
+
 def test_tiny_config_reaches_95_percent_held_out_accuracy(trained):
   cfg, engine, state, _, held_x, held_y = trained
   assert cfg.model.num_classes == 4  # from data.synthetic_classes
@@ -65,27 +70,26 @@ def test_tiny_config_reaches_95_percent_held_out_accuracy(trained):
   assert np.mean(accs) >= 0.95
 
 
-def test_extractor_shapes_and_it_labels_clean_images(trained):
-  cfg, _, _, folder, held_x, held_y = trained
-  extractor = features.get_extractor(f'shapes:{folder}', batch_size=48)  # 256 = 5 full batches + a padded one
+def test_extractor_shapes_and_it_labels_clean_images(trained, extractor):
+  cfg, _, _, _, held_x, held_y = trained
   feats, logits = extractor(held_x)
   assert (extractor.dim, extractor.num_classes) == (cfg.model.feature_dim, 4)
-  assert extractor.class_names == ('circle', 'square', 'triangle', 'cross')
+  assert extractor.class_names == ('circle', 'square', 'cross', 'ring')
   assert feats.shape == (HELD_OUT, cfg.model.feature_dim) and logits.shape == (HELD_OUT, 4)
   assert feats.dtype == logits.dtype == np.float32 and (feats >= 0).all()  # post-ReLU features
   mean, per_class = metrics.sample_accuracy(logits, held_y)
   assert mean >= 0.95 and per_class.shape == (4,) and (per_class >= 0.85).all(), per_class
 
 
-def test_export_round_trips(trained):
+def test_export_round_trips(trained, extractor):
   cfg, _, state, folder, held_x, _ = trained
   loaded = classifier_io.load(folder)
   assert loaded.image_size == cfg.data.image_size and loaded.model.widths == tuple(cfg.model.widths)
   want = jax.tree.map(np.asarray, jax.device_get(state.params))
   assert jax.tree.structure(loaded.params) == jax.tree.structure(want)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(want)))
-  _, logits = features.get_extractor(f'shapes:{folder}')(held_x[:8])
-  _, want_logits = loaded.model.apply({'params': want}, as_input(held_x[:8]))
+  _, logits = extractor(held_x[:8])
+  _, want_logits = jax.jit(loaded.model.apply)({'params': want}, as_input(held_x[:8]))
   np.testing.assert_allclose(logits, np.asarray(want_logits), rtol=1e-5, atol=1e-5)
 
 
@@ -131,12 +135,11 @@ def test_bad_folders_are_one_line_weights_errors(trained, tmp_path, corrupt, nam
   assert names in str(e.value) and '\n' not in str(e.value)
 
 
-def test_missing_folder_wrong_size_and_no_path_are_typed_errors(trained, tmp_path):
+def test_missing_folder_wrong_size_and_no_path_are_typed_errors(extractor, tmp_path):
   with pytest.raises(errors.WeightsError, match='no such classifier folder'):
     features.get_extractor(f'shapes:{tmp_path / "absent"}')
   with pytest.raises(errors.ConfigError, match='shapes:DIR'):
     features.get_extractor('shapes')
-  extractor = features.get_extractor(f'shapes:{trained[3]}')
   with pytest.raises(errors.ConfigError, match='16x16'):
     extractor(np.zeros((2, 32, 32, 3), np.uint8))
 
@@ -156,3 +159,17 @@ def test_bad_configs_are_one_config_error(overrides, key):
     config_lib.resolve(c, 2)
   assert key in str(e.value)
 
+
+
+def test_a_run_through_the_loop_writes_done_and_the_folder(tmp_path):
+  """Two steps through the real loop and loader: DONE has the held-out accuracy, the export loads."""
+  from var_jax.train import loop  # pylint: disable=g-import-not-at-top
+  c = load_experiment('classifier_shapes', 'tiny')
+  c.steps, c.batch_size, c.optim.warmup_steps = 2, 8, 0
+  c.checkpoint.every_steps = c.eval.every_steps = c.log.every_steps = 2
+  c.eval.batch_size = 16
+  c.data.update(dict(data_dir=str(tmp_path / 'data'), num_train=32, num_eval=16, num_threads=1))
+  summary = loop.train(c, str(tmp_path / 'run'), devices=jax.devices()[:1])
+  assert 0.0 <= summary['eval_acc'] <= 1.0 and summary['model']['num_classes'] == 4
+  loaded = classifier_io.load(summary['classifier'])
+  assert (loaded.image_size, loaded.classes) == (16, ('circle', 'square', 'cross', 'ring'))

@@ -1,6 +1,7 @@
 """Sweep runner: expansion, stable run ids, local runs with a failure, no duplicate work, results.csv."""
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -191,21 +192,21 @@ def test_cli_print_launcher_and_aggregate_only(tmp_path):
 
 @pytest.mark.slow
 def test_real_trainer_sweep_with_one_failing_run(tmp_path):
-  """Three runs of the real `python -m var_jax.train` (smoke model, in-memory tokens, 2 steps each),
-  one with a width its heads do not divide: the other two finish, the failure is recorded with the
+  """Two runs of the real `python -m var_jax.train` (smoke model, in-memory tokens, 2 steps each),
+  one with a width its heads do not divide: the other finishes, the failure is recorded with the
   trainer's error, and a second invocation starts nothing."""
   base = load_experiment('smoke', 'tokens')
   base.steps = 2
   base.log.every_steps = base.eval.every_steps = base.checkpoint.every_steps = 2
   c = ml_collections.ConfigDict(dict(base=base))
-  c.runs = [{'model.depth': 1}, {'model.depth': 2}, {'model.depth': 2, 'model.num_heads': 7}]
+  c.runs = [{'model.depth': 1}, {'model.depth': 2, 'model.num_heads': 7}]
   root = str(tmp_path / 'root')
   sweep.launch(c, root, 'local', report=False, out=io.StringIO())
   with open(os.path.join(root, 'results.csv')) as f:
     rows = list(csv.DictReader(f))
-  assert [(r['depth'], r['status']) for r in rows] == [('1', 'done'), ('2', 'done'), ('2', 'failed')]
-  assert 'divisible' in rows[2]['error']
-  assert all(float(r['loss']) > 0 and float(r['flops']) > 0 for r in rows[:2])
+  assert [(r['depth'], r['status']) for r in rows] == [('1', 'done'), ('2', 'failed')]
+  assert 'divisible' in rows[1]['error']
+  assert float(rows[0]['loss']) > 0 and float(rows[0]['flops']) > 0
   logs = {r['run_id']: open(os.path.join(root, r['run_id'], 'train.log')).read() for r in rows}
   out = io.StringIO()
   sweep.launch(c, root, 'local', report=False, out=out)
@@ -229,3 +230,70 @@ def test_imagenet_sweep_trains_only_the_depths_named_after_the_tokenizer():
   assert [r.config.model.depth for r in runs] == [16, 20]
   with pytest.raises(ValueError, match='must be integers'):
     load_experiment('var_imagenet_scaling', '/ckpt/vae.pth,sixteen')
+
+
+# A stand-in for `python -m var_jax.evaluate`: logs its arguments, fails depth 4 with a one-line error, and
+# otherwise writes quality/metrics.json with fid = 100 C^-0.5 and sample_accuracy = 0.01 C^0.25 of the run's
+# final training compute C (the fake trainer's flops_seen, 3e6 * depth).
+FAKE_EVALUATOR = textwrap.dedent('''
+    import json, os, sys
+    args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)
+    with open(os.environ['FAKE_EVALUATOR_CALLS'], 'a') as f:
+      f.write(json.dumps(sys.argv[1:]) + '\\n')
+    with open(os.path.join(args['workdir'], 'run_config.json')) as f:
+      depth = json.load(f)['model']['depth']
+    if depth == 4:
+      sys.stderr.write('var-evaluate: error: reference file r.npz: statistics of dimension 5\\n')
+      sys.exit(2)
+    c = 3e6 * depth
+    os.makedirs(args['out'])
+    with open(os.path.join(args['out'], 'metrics.json'), 'w') as f:
+      json.dump(dict(fid=100 * c ** -0.5, is_mean=1.0 + depth, is_std=0.1 * depth, precision=None, recall=None,
+                     sample_accuracy=0.01 * c ** 0.25, num_images=int(args['num_samples'])), f)
+''')
+
+
+def test_sweep_evaluates_finished_runs_and_reports_quality_laws(tmp_path, fake_trainer, monkeypatch):
+  from var_jax.scaling import evaluation
+  from var_jax.scaling import fit as fit_lib
+  from var_jax.scaling import runs as runs_lib
+  script, calls = tmp_path / 'fake_evaluate.py', tmp_path / 'eval_calls.txt'
+  script.write_text(FAKE_EVALUATOR)
+  calls.write_text('')
+  monkeypatch.setenv(evaluation.EVALUATOR_ENV, f'{sys.executable} {script}')
+  monkeypatch.setenv('FAKE_EVALUATOR_CALLS', str(calls))
+  c = _sweep_config(depths=(1, 2, 3, 4, 5))
+  c.eval = ml_collections.ConfigDict(dict(generate=dict(num_samples=30, features='shapes:cls.npz',
+                                                        reference='ref.npz', top_k=4, more_smooth=False)))
+  root = str(tmp_path / 'root')
+  out = io.StringIO()
+  sweep.launch(c, root, 'local', out=out)
+  argv = [json.loads(line) for line in calls.read_text().splitlines()]
+  assert len(argv) == 4  # depth 3 failed training: not evaluated
+  assert {'--num_samples=30', '--features=shapes:cls.npz', '--reference=ref.npz', '--top_k=4', '--nomore_smooth',
+          '--noprogress'} <= set(argv[0])
+  assert 'evaluation failed (exit 2): var-evaluate: error: reference file' in out.getvalue()
+
+  with open(os.path.join(root, 'results.csv')) as f:
+    rows = {r['depth']: r for r in csv.DictReader(f)}
+  assert float(rows['2']['fid']) == pytest.approx(100 * 6e6 ** -0.5)
+  assert float(rows['5']['sample_accuracy']) == pytest.approx(0.01 * 15e6 ** 0.25)
+  assert rows['2']['precision'] == '' and rows['3']['fid'] == '' and rows['4']['fid'] == ''
+  assert 'statistics of dimension 5' in rows['4']['quality_error']
+  fits = json.loads(open(os.path.join(root, 'report', 'fits.json')).read())
+  assert fits['power_flops_fid']['alpha'] == pytest.approx(-0.5, abs=1e-6)
+  assert fits['power_flops_sample_accuracy']['alpha'] == pytest.approx(0.25, abs=1e-6)
+  assert fits['power_flops_fid']['n_points'] == 3 and 'power_params_fid' in fits
+  report = open(os.path.join(root, 'report', 'report.md')).read()
+  assert '![fid against training FLOPs' in report and '| status | fid | is_mean |' in report
+  assert os.path.exists(os.path.join(root, 'report', 'fid_vs_flops.png'))
+  assert set(runs_lib.QUALITY_COLUMNS) <= set(fit_lib.load_table(root))
+
+  sweep.launch(c, root, 'local', report=False, out=io.StringIO())
+  assert len(calls.read_text().splitlines()) == 5  # only the failed evaluation ran again
+
+
+def test_quality_columns_are_the_evaluate_metrics():
+  from var_jax.eval import quality
+  from var_jax.scaling import runs as runs_lib
+  assert runs_lib.QUALITY_COLUMNS == quality.METRIC_KEYS

@@ -212,7 +212,7 @@ def test_bad_config_is_one_clear_error(overrides, message):
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Long enough that the kill after step 4 lands mid-run even when steps take milliseconds.
-CLI_STEPS = 30
+CLI_STEPS = 12  # past the kill at step 4 and two codebook restarts after it (every 4 steps)
 
 
 def _start(workdir, data_dir):

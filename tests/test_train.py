@@ -14,7 +14,8 @@ from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 1, 8)]
+# The reference, pure data parallelism, and all three axes at once (each mesh compiles the step anew).
+MESHES = [(1, 1, 1), (8, 1, 1), (2, 2, 2)]
 
 
 def smoke_config(arg=None):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +44,23 @@ def filter_top_k_top_p(logits_BlV, top_k, top_p):
   return jnp.where(drop_BlV, -jnp.inf, logits_BlV)
 
 
+# Logical axes of a KV cache buffer (var.VAR.kv_cache_shape).
+KV_CACHE_AXES = ('layers', 'batch', 'length', 'heads', 'kv')
+
+
+def _split3(rng):
+  """Three keys from one key, or three per-row key arrays from keys (B,) (row b's from rng[b] alone)."""
+  if rng.ndim == 0:
+    return tuple(jax.random.split(rng, 3))
+  keys_B3 = jax.vmap(lambda r: jax.random.split(r, 3))(rng)
+  return keys_B3[:, 0], keys_B3[:, 1], keys_B3[:, 2]
+
+
+def _per_row(draw, key, x_B):
+  """draw(key, x) on the whole batch with one key, or row by row with keys (B,)."""
+  return draw(key, x_B) if key.ndim == 0 else jax.vmap(draw)(key, x_B)
+
+
 def guidance_ratio(k: int, num_scales: int) -> float:
   """k / (K - 1): 0 at the first scale, 1 at the last."""
   return k / max(num_scales - 1, 1)
@@ -54,7 +72,9 @@ class Sampler:
   `sampler(var_params, vae_params, label_B, rng, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False,
   forced=None)` returns (idx list with one (B, pn_k²) int32 array per scale, images (B, H, W, 3)
   float32 in [0, 1]).
-  All knobs and the key are traced: changing them does not recompile. Labels are class indices in
+  All knobs and the key are traced: changing them does not recompile. rng is one key, or one key per
+  row (shape (B,)), which makes each row's sample depend on its own key alone, not on the batch it
+  is in (`var_jax.eval.generate` keys sample i by its index). Labels are class indices in
   [0, num_classes]; num_classes is the unconditional class.
   more_smooth: the official visualisation mode, feeding the tokenizer a gumbel-softmax mixture of
   codebook vectors instead of the sampled tokens' (the returned indices are still the sampled ones).
@@ -88,7 +108,9 @@ class Sampler:
     cache_dtype = var_lib.DTYPES[self.var.dtype]
     shape = self.var.kv_cache_shape(2 * B)
     pn = self.patch_nums[-1]
-    kv = (jnp.zeros(shape, cache_dtype), jnp.zeros(shape, cache_dtype))
+    # Sharded along the batch under a mesh and logical-axis rules (data-parallel sampling); else a no-op.
+    zeros = lambda: nn.with_logical_constraint(jnp.zeros(shape, cache_dtype), KV_CACHE_AXES)
+    kv = (zeros(), zeros())
     return kv, {'x': x_2BlC, 'cond': cond_2BD, 'rng': rng,
                 'f_hat': jnp.zeros((B, pn, pn, self.vae.z_channels), jnp.float32)}
 
@@ -100,15 +122,16 @@ class Sampler:
     ratio = guidance_ratio(k, len(self.patch_nums))
     t = cfg * ratio
     logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
-    rng, key_sample, key_gumbel = jax.random.split(state['rng'], 3)
+    rng, key_sample, key_gumbel = _split3(state['rng'])
     # Skips the two vocabulary sorts when no filter is on.
     logits_BlV = jax.lax.cond(jnp.logical_or(top_k > 0, top_p > 0),
                               lambda x: filter_top_k_top_p(x, top_k, top_p), lambda x: x, logits_BlV)
-    idx_Bl = jax.random.categorical(key_sample, logits_BlV, axis=-1).astype(jnp.int32)
+    categorical = lambda key, x: jax.random.categorical(key, x, axis=-1)
+    idx_Bl = _per_row(categorical, key_sample, logits_BlV).astype(jnp.int32)
 
     def smooth_h():
       tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-      gumbel_BlV = jax.random.gumbel(key_gumbel, logits_BlV.shape)
+      gumbel_BlV = _per_row(lambda key, x: jax.random.gumbel(key, x.shape), key_gumbel, logits_BlV)
       soft_BlV = jax.nn.softmax((logits_BlV * (1 + ratio) + gumbel_BlV) / tau, axis=-1)
       codebook_VC = self.vae.apply(vae_vars, jnp.arange(self.vae.vocab_size)[None],
                                    method='embed')[0]

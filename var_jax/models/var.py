@@ -31,21 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from var_jax.models import attention as attention_lib
-
-# Official `build_vae_var` / `init_weights` defaults.
-INIT_ADALN = 0.5
-INIT_ADALN_GAMMA = 1e-5
-INIT_HEAD = 0.02
-INIT_SCALE_MUL = math.log(4.0)
-MAX_SCALE_MUL = math.log(100.0)
-
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-REMAT_POLICIES = {
-    'full': None,
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,
-    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
+from var_jax.models import transformer
+from var_jax.models.transformer import DTYPES
 
 _FIELDS = ('vocab_size', 'cvae', 'patch_nums', 'num_classes', 'depth', 'embed_dim', 'num_heads',
            'mlp_ratio', 'norm_eps', 'shared_aln', 'attn_l2_norm', 'cond_drop_rate', 'drop_path_rate',
@@ -63,8 +50,7 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
   if unknown:
     raise ValueError(f'model config: unknown keys {unknown}; VAR attributes are {list(_FIELDS)}')
   depth = cfg.get('depth') or VAR.depth
-  rule = {'embed_dim': 64 * depth, 'num_heads': depth, 'drop_path_rate': 0.1 * depth / 24}
-  for key, value in rule.items():
+  for key, value in transformer.depth_rule(depth).items():
     if cfg.get(key) is None:
       cfg[key] = value
   out = {f: getattr(VAR, f) for f in _FIELDS}
@@ -76,189 +62,9 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _validate(a: Mapping[str, Any]) -> None:
-  if a['embed_dim'] % a['num_heads']:
-    raise ValueError(f"model.embed_dim={a['embed_dim']} must be divisible by num_heads={a['num_heads']}")
-  if a['dtype'] not in DTYPES:
-    raise ValueError(f"model.dtype={a['dtype']!r}; expected one of {sorted(DTYPES)}")
-  if a['remat_policy'] != 'none' and a['remat_policy'] not in REMAT_POLICIES:
-    raise ValueError(f"model.remat_policy={a['remat_policy']!r}; expected 'none' or one of "
-                     f'{sorted(REMAT_POLICIES)}')
-  if a['attention'] not in attention_lib.NAMES:
-    raise ValueError(f"model.attention={a['attention']!r}; expected one of {sorted(attention_lib.NAMES)}")
+  transformer.validate(a)
   if not a['patch_nums'] or any(p <= 0 for p in a['patch_nums']):
     raise ValueError(f"model.patch_nums={a['patch_nums']} must be positive scale sizes")
-
-
-def trunc_normal(std: float, scale: Any = 1.0):
-  """torch `trunc_normal_(std=std)` (absolute bounds ±2) times `scale` (broadcast to the shape)."""
-  def init(key, shape, dtype=jnp.float32):
-    x = std * jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape, jnp.float32)
-    return (x * np.asarray(scale, np.float32)).astype(dtype)
-  return init
-
-
-def _param(module: nn.Module, name: str, init, shape, axes):
-  return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), jnp.float32)
-
-
-def layer_norm(x, eps):
-  """LayerNorm without affine, computed in float32 (torch `LayerNorm(elementwise_affine=False)`)."""
-  x32 = x.astype(jnp.float32)
-  mean = x32.mean(-1, keepdims=True)
-  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-  return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
-
-
-def _l2_normalize(x, eps=1e-12):
-  """torch `F.normalize(x, dim=-1)`: x / max(|x|, eps)."""
-  x32 = x.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(jnp.square(x32), -1, keepdims=True))
-  return (x32 / jnp.maximum(norm, eps)).astype(x.dtype)
-
-
-class Linear(nn.Module):
-  """y = x @ kernel + bias, contracting the last `n_in` dims of x; kernel is (*in, *out_shape)."""
-  out_shape: tuple[int, ...]
-  axes: tuple[str | None, ...]  # logical names of the kernel dims
-  std: float
-  kernel_scale: Any = 1.0
-  n_in: int = 1
-  use_bias: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    in_shape = x.shape[x.ndim - self.n_in:]
-    kernel = _param(self, 'kernel', trunc_normal(self.std, self.kernel_scale),
-                    (*in_shape, *self.out_shape), self.axes)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.n_in)
-    if self.use_bias:
-      bias = _param(self, 'bias', nn.initializers.zeros, self.out_shape, self.axes[self.n_in:])
-      y = y + bias.astype(self.dtype)
-    return y
-
-
-def _adaln_row_scale(n_rows: int) -> tuple[tuple[float], ...]:
-  """Official init: the gamma rows (first 2 of 6) x INIT_ADALN_GAMMA, scale/shift rows x INIT_ADALN.
-
-  A (n_rows, 1) nested tuple (hashable, so it can be a module attribute) broadcasting over (.., 6, C).
-  """
-  return tuple((g,) for g in [INIT_ADALN_GAMMA] * 2 + [INIT_ADALN] * (n_rows - 2))
-
-
-class Attention(nn.Module):
-  """Self-attention with q/v biases (zero k bias) and optional per-head l2-norm scale."""
-  embed_dim: int
-  num_heads: int
-  depth: int
-  attn_l2_norm: bool
-  attention: str
-  patch_nums: tuple[int, ...]
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x_BLC, kv, start):
-    """kv: None (teacher forcing over the whole pyramid, block-causal) or (k_BSHD, v_BSHD) cache
-    buffers written at [start, start + L) (decoding one scale: it sees the whole prefix)."""
-    H, C = self.num_heads, self.embed_dim
-    Dh = C // H
-    std = math.sqrt(1 / (3 * C))
-    qkv_BL3HD = Linear((3, H, Dh), ('embed', None, 'heads', 'kv'), std, use_bias=False,
-                       dtype=self.dtype, name='qkv')(x_BLC)
-    q_bias = _param(self, 'q_bias', nn.initializers.zeros, (H, Dh), ('heads', 'kv'))
-    v_bias = _param(self, 'v_bias', nn.initializers.zeros, (H, Dh), ('heads', 'kv'))
-    q_BLHD = qkv_BL3HD[:, :, 0] + q_bias.astype(self.dtype)
-    k_BLHD = qkv_BL3HD[:, :, 1]
-    v_BLHD = qkv_BL3HD[:, :, 2] + v_bias.astype(self.dtype)
-    if self.attn_l2_norm:
-      scale_mul_H = _param(self, 'scale_mul', nn.initializers.constant(INIT_SCALE_MUL), (H,),
-                           ('heads',))
-      gain_H = jnp.exp(jnp.minimum(scale_mul_H, MAX_SCALE_MUL))
-      q_BLHD = (_l2_normalize(q_BLHD) * gain_H[:, None]).astype(self.dtype)
-      k_BLHD = _l2_normalize(k_BLHD)
-      scale = 1.0
-    else:
-      scale = 0.25 / math.sqrt(Dh)
-    names = ('batch', 'length', 'heads', 'kv')
-    q_BLHD = nn.with_logical_constraint(q_BLHD, names)
-    k_BLHD = nn.with_logical_constraint(k_BLHD, names)
-    v_BLHD = nn.with_logical_constraint(v_BLHD, names)
-    patch_nums = self.patch_nums
-    if kv is not None:
-      patch_nums = None
-      k_cache, v_cache = kv
-      end = start + x_BLC.shape[1]
-      k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BLHD.astype(k_cache.dtype), start, 1)
-      v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BLHD.astype(v_cache.dtype), start, 1)
-      kv = (k_cache, v_cache)
-      # Every cached token belongs to this or an earlier scale: no mask needed.
-      k_BLHD, v_BLHD = k_cache[:, :end], v_cache[:, :end]
-    o_BLHD = attention_lib.attend(self.attention, q_BLHD, k_BLHD, v_BLHD, scale, patch_nums)
-    o_BLHD = nn.with_logical_constraint(o_BLHD, names)
-    out_BLC = Linear((C,), ('heads', 'kv', 'embed'), std, 1 / math.sqrt(2 * self.depth), n_in=2,
-                     dtype=self.dtype, name='proj')(o_BLHD)
-    return out_BLC, kv
-
-
-class Block(nn.Module):
-  """AdaLN self-attention block (official `AdaLNSelfAttn`)."""
-  embed_dim: int
-  num_heads: int
-  depth: int
-  mlp_ratio: float
-  norm_eps: float
-  shared_aln: bool
-  attn_l2_norm: bool
-  use_drop_path: bool
-  attention: str
-  patch_nums: tuple[int, ...]
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x_BLC, cond, drop_rate, kv, train, start):
-    """cond: (B, D) class embedding, or (B, 6, C) shared AdaLN output when shared_aln.
-
-    Returns (x_BLC, kv) with kv the updated cache (None in training).
-    """
-    C = self.embed_dim
-    std = math.sqrt(1 / (3 * C))
-    if self.shared_aln:
-      ada_gss = _param(self, 'ada_gss', _ada_gss_init(C), (6, C), (None, 'embed'))
-      mods_B6C = (cond + ada_gss).astype(self.dtype)
-    else:
-      mods_B6C = Linear((6, C), ('embed', None, None), std, _adaln_row_scale(6), dtype=self.dtype,
-                        name='ada_lin')(nn.silu(cond.astype(self.dtype)))
-    gamma1, gamma2, scale1, scale2, shift1, shift2 = (mods_B6C[:, None, i] for i in range(6))
-
-    def drop_path(y_BLC):
-      if not (train and self.use_drop_path):
-        return y_BLC
-      keep = 1.0 - drop_rate
-      keep_B11 = jax.random.bernoulli(self.make_rng('dropout'), keep, (y_BLC.shape[0], 1, 1))
-      return y_BLC * (keep_B11 / keep).astype(y_BLC.dtype)
-
-    h_BLC = layer_norm(x_BLC, self.norm_eps) * (scale1 + 1) + shift1
-    h_BLC, kv = Attention(C, self.num_heads, self.depth, self.attn_l2_norm, self.attention,
-                          self.patch_nums, self.dtype, name='attn')(h_BLC, kv, start)
-    x_BLC = x_BLC + drop_path(h_BLC * gamma1)
-
-    h_BLC = layer_norm(x_BLC, self.norm_eps) * (scale2 + 1) + shift2
-    hidden = round(C * self.mlp_ratio)
-    h_BLF = Linear((hidden,), ('embed', 'mlp'), std, dtype=self.dtype, name='fc1')(h_BLC)
-    h_BLF = nn.with_logical_constraint(jax.nn.gelu(h_BLF, approximate=True),
-                                       ('batch', 'length', 'mlp'))
-    h_BLC = Linear((C,), ('mlp', 'embed'), std, 1 / math.sqrt(2 * self.depth), dtype=self.dtype,
-                   name='fc2')(h_BLF)
-    x_BLC = x_BLC + drop_path(h_BLC * gamma2)
-    return nn.with_logical_constraint(x_BLC, ('batch', 'length', 'embed')), kv
-
-
-def _ada_gss_init(C):
-  """Official: randn / sqrt(C), then the rows scaled as the AdaLN linear's."""
-  def init(key, shape, dtype=jnp.float32):
-    x = jax.random.normal(key, shape, jnp.float32) / math.sqrt(C)
-    return (x * np.asarray(_adaln_row_scale(6), np.float32)).astype(dtype)
-  return init
 
 
 def scale_bounds(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
@@ -329,55 +135,32 @@ class VAR(nn.Module):
     C, pn = self.embed_dim, tuple(self.patch_nums)
     std = math.sqrt(1 / (3 * C))
     self._cdtype = DTYPES[self.dtype]
-    self.word_embed = Linear((C,), (None, 'embed'), std, name='word_embed')
-    self.class_emb = _param(self, 'class_emb', trunc_normal(std), (self.num_classes + 1, C),
-                            (None, 'embed'))
-    self.pos_start = _param(self, 'pos_start', trunc_normal(std), (pn[0] ** 2, C), (None, 'embed'))
-    self.pos_embed = _param(self, 'pos_embed', trunc_normal(std), (self.seq_len, C), (None, 'embed'))
-    self.lvl_embed = _param(self, 'lvl_embed', trunc_normal(std), (len(pn), C), (None, 'embed'))
+    self.word_embed = transformer.Linear((C,), (None, 'embed'), std, name='word_embed')
+    self.class_emb = transformer.param(self, 'class_emb', transformer.trunc_normal(std),
+                                       (self.num_classes + 1, C), (None, 'embed'))
+    self.pos_start = transformer.param(self, 'pos_start', transformer.trunc_normal(std), (pn[0] ** 2, C),
+                                       (None, 'embed'))
+    self.pos_embed = transformer.param(self, 'pos_embed', transformer.trunc_normal(std), (self.seq_len, C),
+                                       (None, 'embed'))
+    self.lvl_embed = transformer.param(self, 'lvl_embed', transformer.trunc_normal(std), (len(pn), C),
+                                       (None, 'embed'))
     if self.shared_aln:
-      self.shared_ada_lin = Linear((6, C), ('embed', None, None), std, name='shared_ada_lin')
-
-    block_kw = dict(embed_dim=C, num_heads=self.num_heads, depth=self.depth,
-                    mlp_ratio=self.mlp_ratio, norm_eps=self.norm_eps, shared_aln=self.shared_aln,
-                    attn_l2_norm=self.attn_l2_norm, use_drop_path=self.drop_path_rate > 0,
-                    attention=self.attention, patch_nums=pn, dtype=self._cdtype)
-    block_cls = Block
-    if self.remat_policy != 'none':
-      # static_argnums count `self` as 0: (train, start) are arguments 5 and 6.
-      block_cls = nn.remat(Block, policy=REMAT_POLICIES[self.remat_policy],
-                           prevent_cse=not self.scan_layers, static_argnums=(5, 6))
-    if self.scan_layers:
-      self.blocks = nn.scan(
-          block_cls, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast, 0, 0, nn.broadcast, nn.broadcast),
-          length=self.depth, metadata_params={nn.PARTITION_NAME: 'layers'})(**block_kw)
-    else:
-      self.blocks = [block_cls(**block_kw) for _ in range(self.depth)]
-    self.head_nm = Linear((2, C), ('embed', None, None), std, INIT_ADALN, name='head_nm')
-    self.head = Linear((self.vocab_size,), ('embed', 'vocab'), std, INIT_HEAD, name='head')
+      self.shared_ada_lin = transformer.Linear((6, C), ('embed', None, None), std, name='shared_ada_lin')
+    self.blocks = transformer.make_blocks(
+        depth=self.depth, scan_layers=self.scan_layers, remat_policy=self.remat_policy, embed_dim=C,
+        num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, norm_eps=self.norm_eps,
+        shared_aln=self.shared_aln, attn_l2_norm=self.attn_l2_norm,
+        use_drop_path=self.drop_path_rate > 0, attention=self.attention, patch_nums=pn,
+        dtype=self._cdtype)
+    self.head_nm, self.head = transformer.head_layers(C, self.vocab_size)
 
   def _run_blocks(self, x_BLC, cond_BD, kv, train, start):
     cond = self.shared_ada_lin(nn.silu(cond_BD)) if self.shared_aln else cond_BD
-    drop_D = jnp.linspace(0.0, self.drop_path_rate, self.depth, dtype=jnp.float32)
-    if self.scan_layers:
-      return self.blocks(x_BLC, cond, drop_D, kv, train, start)
-    new_kv = []
-    for i, block in enumerate(self.blocks):
-      layer_kv = None if kv is None else (kv[0][i], kv[1][i])
-      x_BLC, layer_kv = block(x_BLC, cond, drop_D[i], layer_kv, train, start)
-      new_kv.append(layer_kv)
-    if kv is None:
-      return x_BLC, None
-    return x_BLC, tuple(jnp.stack([c[j] for c in new_kv]) for j in range(2))
+    return transformer.run_blocks(self.blocks, x_BLC, cond, depth=self.depth,
+                                  drop_rate=self.drop_path_rate, kv=kv, train=train, start=start)
 
   def _logits(self, x_BLC, cond_BD):
-    """AdaLN-before-head and head, in float32."""
-    mods_B2C = self.head_nm(nn.silu(cond_BD.astype(jnp.float32)))
-    h_BLC = layer_norm(x_BLC.astype(jnp.float32), self.norm_eps)
-    h_BLC = h_BLC * (mods_B2C[:, None, 0] + 1) + mods_B2C[:, None, 1]
-    logits_BLV = self.head(h_BLC).astype(jnp.float32)
-    return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
+    return transformer.adaln_logits(self.head_nm, self.head, x_BLC, cond_BD, self.norm_eps)
 
   def _lvl_pos(self, begin: int, end: int):
     lvl = jnp.asarray(self.level_ids()[begin:end])

@@ -1,7 +1,9 @@
 """ROOT/report/: a Markdown scaling report (runs table, fitted laws with 95% intervals, plots) and fit JSONs.
 
 Written by `python -m var_jax.sweep` after aggregation. Laws that the runs cannot support (too few
-finished runs, a single token budget for Chinchilla, ...) are listed with the reason instead.
+finished runs, a single token budget for Chinchilla, ...) are listed with the reason instead. Every metric
+column the table has beyond the loss (the generation-quality columns, `runs.QUALITY_COLUMNS`, of evaluated
+runs) gets the same power laws against parameters and training compute, and a plot for each.
 """
 import json
 import math
@@ -69,6 +71,18 @@ def _try_fit(table, law, notes, **kw):
   return result
 
 
+def _power_plot(rows, result, out_dir) -> tuple[np.ndarray, np.ndarray]:
+  """OUT/{y}_vs_{x}.png: the runs of a power fit with its law; returns the plotted (x, y)."""
+  x_name, y_name = result['x'], result['y']
+  ok = set(result['run_ids'])
+  sel = [r for r in rows if r['run_id'] in ok]
+  x = np.array([float(r[x_name]) for r in sel])
+  y = np.array([float(r[y_name]) for r in sel])
+  plots.loss_vs_x(x, y, result, os.path.join(out_dir, f'{y_name}_vs_{x_name}.png'), x_name, y_name,
+                  [r['run_id'].rsplit('-', 1)[0] for r in sel])
+  return x, y
+
+
 def write_report(root: str, n_bootstrap: int = 200) -> str:
   """Writes ROOT/report/{report.md, fits.json, *.png, *.svg} from ROOT/results.csv; returns report.md."""
   table = fit_lib.load_table(root)
@@ -79,7 +93,8 @@ def write_report(root: str, n_bootstrap: int = 200) -> str:
   fits: dict[str, Any] = {}
   figures: list[tuple[str, str]] = []
 
-  for y in ('loss', 'loss_last_scale'):
+  quality = [c for c in runs_lib.QUALITY_COLUMNS if c in table and any(table[c])]
+  for y in ('loss', 'loss_last_scale', *quality):
     for x in ('params', 'flops'):
       result = _try_fit(table, 'power', notes, x=x, y=y, n_bootstrap=n_bootstrap)
       if result is not None:
@@ -101,16 +116,16 @@ def write_report(root: str, n_bootstrap: int = 200) -> str:
                     'loss_vs_compute.png'))
   power = fits.get('power_params_loss')
   if power is not None:
-    ok = set(power['run_ids'])
-    sel = [r for r in rows if r['run_id'] in ok]
-    x = np.array([float(r['params']) for r in sel])
-    loss = np.array([float(r['loss']) for r in sel])
-    plots.loss_vs_x(x, loss, power, os.path.join(out_dir, 'loss_vs_params.png'), 'params', 'loss',
-                    [r['run_id'].rsplit('-', 1)[0] for r in sel])
+    x, loss = _power_plot(rows, power, out_dir)
     plots.residuals(x, loss, fit_lib.predict_power(power, x), os.path.join(out_dir, 'residuals_params.png'),
                     'params', 'residuals of L = (beta N)^alpha')
     figures += [('Final eval loss against parameters', 'loss_vs_params.png'),
                 ('Residuals of the parameter law', 'residuals_params.png')]
+  for y in quality:
+    for x in ('flops', 'params'):
+      if f'power_{x}_{y}' in fits:
+        _power_plot(rows, fits[f'power_{x}_{y}'], out_dir)
+        figures.append((f'{y} against {plots.LABELS[x]} (generation quality)', f'{y}_vs_{x}.png'))
   for law in ('chinchilla', 'isoflop'):
     if law in fits:
       plots.fit_figure(table, fits[law], os.path.join(out_dir, f'{law}.png'))
@@ -125,11 +140,12 @@ def write_report(root: str, n_bootstrap: int = 200) -> str:
 
 
 def _markdown(root, rows, fits, notes, figures) -> str:
+  columns = TABLE_COLUMNS + tuple(c for c in runs_lib.QUALITY_COLUMNS if any(r.get(c) for r in rows))
   lines = [f'# Scaling report: {os.path.basename(os.path.abspath(root))}', '',
            f'{len(rows)} runs; ' + ', '.join(f'{sum(r["status"] == s for r in rows)} {s}'
                                               for s in runs_lib.STATUSES if any(r['status'] == s for r in rows)),
-           '', '## Runs', '', '| ' + ' | '.join(TABLE_COLUMNS) + ' |', '|' + '---|' * len(TABLE_COLUMNS)]
-  lines += ['| ' + ' | '.join(_fmt(r.get(c, '')) for c in TABLE_COLUMNS) + ' |' for r in rows]
+           '', '## Runs', '', '| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+  lines += ['| ' + ' | '.join(_fmt(r.get(c, '')) for c in columns) + ' |' for r in rows]
   lines += ['', '## Fitted laws (95% bootstrap intervals)', '']
   power = [(k, v) for k, v in fits.items() if k.startswith('power_')]
   if power:

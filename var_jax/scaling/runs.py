@@ -1,4 +1,5 @@
-"""Reading the folder of one training run: `metrics.jsonl` and `DONE` (var_jax.train) and `ERROR` (the sweep runner).
+"""Reading the folder of one training run: `metrics.jsonl` and `DONE` (var_jax.train), `ERROR` (the sweep runner)
+and `quality/metrics.json` (var_jax.evaluate, when the sweep asks for evaluation).
 
 Run status, as `results.csv` reports it:
   done      DONE exists (the run reached its last step)
@@ -14,6 +15,9 @@ from typing import Any, Optional
 
 STATUSES = ('done', 'diverged', 'failed', 'partial', 'pending')
 DONE, ERROR, METRICS = 'DONE', 'ERROR', 'metrics.jsonl'
+QUALITY_DIR, QUALITY_ERROR = 'quality', 'QUALITY_ERROR'
+# The metrics of var_jax.evaluate's metrics.json (var_jax.eval.quality.METRIC_KEYS), as results.csv columns.
+QUALITY_COLUMNS = ('fid', 'is_mean', 'is_std', 'precision', 'recall', 'sample_accuracy')
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -42,6 +46,16 @@ def read_metrics(run_dir: str, split: Optional[str] = 'eval') -> list[dict[str, 
   return records
 
 
+def last_line(log_path: str) -> str:
+  """The last line of a failed run's log, for the results table (the commands end on their one-line error)."""
+  try:
+    with open(log_path, errors='replace') as f:
+      lines = [l.strip() for l in f.read().splitlines() if l.strip()]
+  except OSError:
+    return ''
+  return lines[-1][:500] if lines else ''
+
+
 def status(run_dir: str) -> str:
   """One of STATUSES (see the module docstring)."""
   if os.path.exists(os.path.join(run_dir, DONE)):
@@ -54,3 +68,9 @@ def status(run_dir: str) -> str:
   if os.path.exists(os.path.join(run_dir, METRICS)) or os.path.isdir(os.path.join(run_dir, 'checkpoints')):
     return 'partial'
   return 'pending'
+
+
+def read_quality(run_dir: str) -> Optional[dict[str, Any]]:
+  """The quality figures of RUN/quality/metrics.json (None where not measured), or None before evaluation."""
+  record = read_json(os.path.join(run_dir, QUALITY_DIR, 'metrics.json'))
+  return None if record is None else {k: record.get(k) for k in QUALITY_COLUMNS}

@@ -7,7 +7,11 @@ A sweep file is an ml_collections config file whose `get_config(arg=None)` retur
                     combination of `axes` (e.g. an explicit width for one size);
   derived           [(key, fn), ...] (optional): `fn(run_config) -> value`, applied in order after the
                     axes. Learning-rate rules live here, in plain sight;
-  images_per_epoch  (optional) what an `epochs` budget multiplies.
+  images_per_epoch  (optional) what an `epochs` budget multiplies;
+  eval.generate     (optional) generation quality at the end of each run: flags of `python -m
+                    var_jax.evaluate` (num_samples, per_class, features, reference, cfg, top_k, top_p,
+                    seed, batch_size, ...), e.g. dict(num_samples=1000, features='shapes:CLS',
+                    reference='ref.npz'). Outside `base`, so it does not change run ids.
 Besides config keys, axes and runs may set a data budget that fixes `steps` from the batch size:
 `tokens`, `images`, `epochs`, or `flops` (analytic training FLOPs of the run's model, var_jax.flops;
 an IsoFLOP sweep crosses `flops` with `model.depth`).
@@ -16,6 +20,9 @@ Each run has a stable id, '<prefix>-s<steps>-<hash>' (prefix from its task, e.g.
 config), and a folder ROOT/<run_id> holding run_config.json (the config), run_config.py (what `var_jax.train
 --config=` loads), train.log, the trainer's own outputs, and ERROR when the run failed. A run's status comes
 from the trainer's exit code (`var_jax.errors`: 3 is a diverged run) and its files, never from its log text.
+With `eval.generate`, every finished run without RUN/quality/metrics.json is then evaluated (local launcher;
+`print` prints the commands), logging to RUN/quality.log; results.csv gains the quality columns
+(`runs.QUALITY_COLUMNS`: fid, is_mean, ..., sample_accuracy) and the report fits and plots them.
 """
 import csv
 import dataclasses
@@ -33,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TextIO
 import ml_collections
 
 from var_jax import errors
+from var_jax.scaling import evaluation
 from var_jax.scaling import runs as runs_lib
 from var_jax.train import config as config_lib
 from var_jax.train import tasks
@@ -182,16 +190,6 @@ def trainer_command(run_dir: str) -> list[str]:
   return prefix + train_args(run_dir)
 
 
-def _last_line(log_path: str) -> str:
-  """The last line of a failed run's log, for the results table (the trainer ends on its one-line error)."""
-  try:
-    with open(log_path, errors='replace') as f:
-      lines = [l.strip() for l in f.read().splitlines() if l.strip()]
-  except OSError:
-    return ''
-  return lines[-1][:500] if lines else ''
-
-
 def _fmt_seconds(s: float) -> str:
   return f'{int(s // 3600)}h{int(s % 3600 // 60):02d}m{int(s % 60):02d}s'
 
@@ -237,7 +235,7 @@ def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: T
       print(f'    done in {_fmt_seconds(time.time() - t0)}' + (f', eval loss {loss:.4f}' if loss else ''),
             file=out, flush=True)
       continue
-    error = (_last_line(log_path) if rc else '') or f'exit status {rc} without a DONE file'
+    error = (runs_lib.last_line(log_path) if rc else '') or f'exit status {rc} without a DONE file'
     kind = 'diverged' if rc == errors.DivergedError.exit_code else 'failed'
     with open(error_path, 'w') as f:
       json.dump(dict(status=kind, returncode=rc, error=error, log=log_path), f, indent=1)
@@ -309,6 +307,12 @@ def result_row(run_dir: str) -> dict[str, Any]:
              **_sizes(cfg))
   row.update({k: final[v] for k, v in (('tokens', 'tokens_seen'), ('flops', 'flops_seen')) if v in final})
   row.update({k: v for k, v in final.items() if k.startswith(('loss', 'acc'))})
+  quality = runs_lib.read_quality(run_dir)
+  if quality is not None:
+    row.update(quality)  # None (not measurable) is an empty cell
+  quality_error = runs_lib.read_json(os.path.join(run_dir, runs_lib.QUALITY_ERROR))
+  if quality_error is not None:
+    row['quality_error'] = quality_error.get('error', '')
   return row
 
 
@@ -318,10 +322,13 @@ def _scale_key(column: str) -> tuple:
 
 
 def aggregate(root: str) -> list[dict[str, Any]]:
-  """Writes ROOT/results.csv (one row per run, RESULT_COLUMNS then per-scale losses and accuracies)."""
+  """Writes ROOT/results.csv (one row per run: RESULT_COLUMNS, the quality columns of evaluated runs, then
+  per-scale losses and accuracies)."""
   rows = sorted((result_row(d) for d in run_dirs(root)),
                 key=lambda r: (r.get('params') or math.inf, r['steps'], r['run_id']))
-  extra = sorted({k for r in rows for k in r} - set(RESULT_COLUMNS), key=_scale_key)
+  present = {k for r in rows for k in r}
+  quality = [c for c in (*runs_lib.QUALITY_COLUMNS, 'quality_error') if c in present]
+  extra = quality + sorted(present - set(RESULT_COLUMNS) - set(quality), key=_scale_key)
   path = os.path.join(root, 'results.csv')
   with open(path + '.tmp', 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(RESULT_COLUMNS) + extra, restval='')
@@ -355,6 +362,11 @@ def launch(sweep: Optional[ml_collections.ConfigDict], root: str, launcher: str 
     for run in runs:
       write_run_files(root, run)
     launchers[launcher](runs)
+    generate = evaluation.quality_flags(sweep)
+    if generate and launcher == 'local':
+      evaluation.evaluate_local(root, runs, generate, out)
+    elif generate and launcher == 'print':
+      evaluation.print_commands(root, runs, generate, out)
     if launcher != 'local':
       return []
   rows = aggregate(root)
