@@ -1,47 +1,54 @@
-"""Tiny CPU scaling sweep on synthetic shapes (used by the demo): VAR depths 1-4, width 64 x depth.
+"""The demo's CPU scaling sweep on the plain 16px shapes: six VAR sizes from 33K to 2M parameters.
 
-  python -m var_jax.sweep --config=experiments/shapes_scaling.py --workdir=ROOT
+  python -m var_jax.sweep --config=experiments/shapes_scaling.py --workdir=ROOT \
+      --config.base.tokenizer.path=TOK --config.base.data.name=tokens --config.base.data.path=TOKENS
   python -m var_jax.sweep --config=experiments/shapes_scaling.py:tiny --workdir=ROOT   # for tests
 
-32px images, a 4-scale pyramid (1, 2, 3, 4) and a small randomly initialised tokenizer, as in
-experiments/smoke.py. To train on a tokenizer and token dataset made earlier (as the demo does), add
---config.base.tokenizer.path=TOK --config.base.data.name=tokens --config.base.data.path=TOKENS.
-Every size trains for the same number of steps; the learning-rate rule is in `derived`.
+The tokens are those of experiments/tokenizer_shapes.py:demo (256 codes of 16 channels, scales 1, 2, 4, 8:
+85 tokens an image), made by `var_jax.tokenize`; `make demo` passes the tokenizer's vocabulary, channels and
+scales here. Sizes grow in depth and width together (heads of 32 channels); every size trains for the same
+number of steps, with the learning-rate rule in `derived`.
 """
 import ml_collections
 
 from var_jax.train import config as config_lib
 
-PATCH_NUMS = (1, 2, 3, 4)
-SIZES = {'full': dict(depths=(1, 2, 3, 4), steps=500, eval_every=100, eval_batches=16),
-         'tiny': dict(depths=(1, 2), steps=4, eval_every=2, eval_batches=4)}
+PATCH_NUMS = (1, 2, 4, 8)
+# (depth, width): 33K, 107K, 182K, 389K, 971K and 1.96M parameters with vocab 256.
+SIZES = ((1, 32), (1, 64), (2, 64), (2, 96), (3, 128), (4, 160))
+SETTINGS = {'full': dict(sizes=SIZES, steps=300, batch_size=16, warmup=20, eval_every=300, eval_batches=8,
+                         eval_batch=128),
+            'tiny': dict(sizes=SIZES[:2], steps=4, batch_size=8, warmup=1, eval_every=2, eval_batches=2,
+                         eval_batch=8)}
 
 
 def peak_lr(cfg):
-  """2e-3 at depth 1, falling as 1/sqrt(depth) (width grows with depth)."""
-  return 2e-3 / cfg.model.depth ** 0.5
+  """6e-3 at width 32, falling as 1/sqrt(width): 300 steps leave every size far from converged, so high."""
+  return 6e-3 * (32 / cfg.model.embed_dim) ** 0.5
 
 
 def get_config(arg=None):
   size = arg or 'full'
-  if size not in SIZES:
-    raise ValueError(f'experiments/shapes_scaling.py: unknown argument {arg!r}; expected one of {sorted(SIZES)}')
-  s = SIZES[size]
+  if size not in SETTINGS:
+    raise ValueError(f'experiments/shapes_scaling.py: unknown argument {arg!r}; expected one of {sorted(SETTINGS)}')
+  s = SETTINGS[size]
   base = config_lib.base_config()
   base.seed = 0
-  base.batch_size = 16
-  base.model.update(dict(vocab_size=64, cvae=8, patch_nums=PATCH_NUMS, num_classes=10))
-  base.tokenizer.update(dict(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 1, 2, 2), num_res_blocks=1,
-                             norm_groups=8, share_quant_resi=4, patch_nums=PATCH_NUMS, seed=1))
+  base.batch_size = s['batch_size']
+  base.model.update(dict(vocab_size=256, cvae=16, patch_nums=PATCH_NUMS, num_classes=8, drop_path_rate=0.0))
+  base.tokenizer.update(dict(vocab_size=256, z_channels=16, ch=16, ch_mult=(1, 2), num_res_blocks=1,
+                             norm_groups=8, using_znorm=True, share_quant_resi=4, patch_nums=PATCH_NUMS, seed=1))
+  base.optim.update(dict(warmup_steps=s['warmup'], schedule='cos', final_lr_frac=0.05))
   base.mesh.update(dict(data=-1, fsdp=1, tensor=1))
-  base.checkpoint.update(dict(every_steps=50, keep=1))
-  base.log.every_steps = s['eval_every']
-  base.eval.update(dict(every_steps=s['eval_every'], batches=s['eval_batches']))
-  base.data.update(dict(name='synthetic_shapes', image_size=32, num_train=2048, num_eval=256, num_threads=1,
-                        prefetch=1, worker_count=0))
+  base.checkpoint.update(dict(every_steps=s['steps'], keep=1))
+  base.log.every_steps = 25
+  base.eval.update(dict(every_steps=s['eval_every'], batches=s['eval_batches'], batch_size=s['eval_batch']))
+  base.data.update(dict(name='synthetic_shapes', image_size=16, num_train=2048, num_eval=256, num_threads=1,
+                        prefetch=1, worker_count=0, synthetic_style='plain', max_shapes=1))
 
   sweep = ml_collections.ConfigDict()
   sweep.base = base
-  sweep.axes = [('model.depth', s['depths']), ('steps', (s['steps'],))]
+  sweep.axes = [('steps', (s['steps'],))]
+  sweep.runs = [{'model.depth': d, 'model.embed_dim': w, 'model.num_heads': max(1, w // 32)} for d, w in s['sizes']]
   sweep.derived = [('optim.lr', peak_lr)]
   return sweep

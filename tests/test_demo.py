@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from var_jax import demo
+import numpy as np
+
+from var_jax.demo import stages as demo
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +42,43 @@ def test_report_has_every_stage_runs_fits_plots_and_samples(tiny_demo):
     assert all(math.isfinite(float(v)) for v in (alpha, lo, hi, beta))
     assert r == 'nan' or -1 <= float(r) <= 1  # r is undefined for the tiny sweep's two points
   images = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', report)
-  assert 'samples/samples.png' in images and len(images) >= 3
+  assert 'samples/samples_labelled.png' in images and 'tokenizer/recon_grid_zoom.png' in images and len(images) >= 4
   for rel in images:
     assert (out / rel).stat().st_size > 0, rel
   assert '[demo] done' in res.stdout
+  report_json = json.loads((out / 'report.json').read_text())
+  assert {'psnr', 'ssim'} <= set(report_json['tokenizer'])
+
+
+def test_samples_npz_holds_the_grid_images_and_every_size_is_scored(tiny_demo):
+  out, _ = tiny_demo
+  quality = json.loads((out / 'samples' / 'quality.json').read_text())
+  rows = demo.results(out / 'sweep')
+  assert [q['run_id'] for q in quality['runs']] == [r['run_id'] for r in rows]
+  for q in quality['runs']:
+    assert math.isfinite(q['fd']) and q['fd'] >= 0 and 0 <= q['sample_accuracy'] <= 1
+  data = np.load(out / 'samples' / 'samples.npz')
+  images, labels = data['images'], data['labels']
+  k = len(quality['class_names'])
+  n = k * quality['samples_per_class']
+  assert images.shape == (n, 16, 16, 3) and images.dtype == np.uint8 and labels.shape == (n,)
+  assert np.array_equal(labels, np.repeat(np.arange(k), quality['samples_per_class']))
+  import PIL.Image  # pylint: disable=g-import-not-at-top
+  grid = np.asarray(PIL.Image.open(out / 'samples' / 'samples.png'))
+  assert grid.shape == (k * 16, quality['samples_per_class'] * 16, 3)
+  assert np.array_equal(grid[:16, :16], images[0]) and np.array_equal(grid[-16:, -16:], images[-1])
+
+
+def test_console_shows_stage_lines_not_the_subprocesses_logs(tiny_demo):
+  out, res = tiny_demo
+  for noise in ('libtpu', 'Shuffling', 'INFO', 'Traceback'):
+    assert noise not in res.stdout + res.stderr, noise
+  assert not re.search(r'^[IWEF]\d{4} ', res.stdout + res.stderr, re.M)  # absl's log lines
+  starts = re.findall(r'^\[demo\] (\w+): (?!done in)', res.stdout, re.M)
+  assert starts == [s.name for s in demo.make_stages(out, 'tiny')]
+  assert re.search(r'^\[demo\] tokenizer: done in \d+ s; eval PSNR [\d.]+ dB, SSIM', res.stdout, re.M)
+  assert re.search(r'^\[demo\] fit: done in \d+ s; L ~ X\^alpha against params: alpha', res.stdout, re.M)
+  assert (out / 'logs' / 'tokenizer.log').read_text().count('step ') > 0
 
 
 def test_rerun_reuses_every_stage(tiny_demo):
