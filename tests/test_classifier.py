@@ -150,8 +150,9 @@ def test_missing_folder_wrong_size_and_no_path_are_typed_errors(extractor, tmp_p
     ({'mesh.fsdp': 2, 'mesh.data': 1}, 'mesh.fsdp'),
     ({'data.image_size': 2}, 'data.image_size'),
 ])
-def test_bad_configs_are_one_config_error(overrides, key):
+def test_bad_configs_are_one_config_error(overrides, key, tmp_path):
   c = load_experiment('classifier_shapes', 'tiny')
+  c.data.path = str(tmp_path)  # a folder that exists: the dataset check passes, the model's is reached
   for name, value in overrides.items():
     group, field = name.split('.')
     c[group][field] = value

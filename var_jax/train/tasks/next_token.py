@@ -136,8 +136,11 @@ class NextTokenTask(var_task.VarTask):
     if have != want:
       raise errors.ConfigError(f'tokenizer.path={config.tokenizer.path}: (vocab_size, patch_nums)={have} '
                                f'does not match the model\'s {want}')
-    self.lr_fn = state_lib.lr_schedule(config.optim, config.steps)
+    self.lr_fn = state_lib.lr_schedule(config.optim, config.optim.total_steps)
     task_lib.Task.__init__(self, config)
+
+  def start_params(self) -> Any:
+    return None  # no `init.path` here: VAR's official checkpoints do not fit this model
 
   def init_params(self, key: jax.Array, start: Any = None) -> Any:
     if start is not None:
