@@ -36,18 +36,7 @@ _FIELDS = ('vocab_size', 'patch_nums', 'num_classes', 'depth', 'embed_dim', 'num
 def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
   """NextToken attributes from a config (dict or ConfigDict), with VAR's depth rule for the fields
   left None or missing; ValueError for unknown keys or values that cannot build."""
-  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
-  unknown = sorted(set(cfg) - set(_FIELDS))
-  if unknown:
-    raise ValueError(f'model config: unknown keys {unknown}; next-token attributes are {list(_FIELDS)}')
-  depth = cfg.get('depth') or NextToken.depth
-  for key, value in transformer.depth_rule(depth).items():
-    if cfg.get(key) is None:
-      cfg[key] = value
-  out = {f: getattr(NextToken, f) for f in _FIELDS}
-  out.update({k: v for k, v in cfg.items() if v is not None})
-  out['depth'] = depth
-  out['patch_nums'] = tuple(int(p) for p in out['patch_nums'])
+  out = transformer.resolve_attributes(NextToken, _FIELDS, model_cfg, 'next-token')
   _validate(out)
   return out
 

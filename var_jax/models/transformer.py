@@ -15,7 +15,7 @@ masks the keys past the prefix instead.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -238,6 +238,25 @@ def validate(a: Mapping[str, Any]) -> None:
 def depth_rule(depth: int) -> dict[str, Any]:
   """The official width rule: embed_dim = 64 depth, num_heads = depth, drop_path_rate = 0.1 depth / 24."""
   return {'embed_dim': 64 * depth, 'num_heads': depth, 'drop_path_rate': 0.1 * depth / 24}
+
+
+def resolve_attributes(model_cls, fields: Sequence[str], model_cfg: Any, what: str) -> dict[str, Any]:
+  """`model_cls` attributes from a config (dict or ConfigDict): the class defaults, then the config's
+  non-None values, with `depth_rule` for the width fields left None or missing. ValueError names unknown
+  keys (`what` says whose attributes `fields` are)."""
+  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
+  unknown = sorted(set(cfg) - set(fields))
+  if unknown:
+    raise ValueError(f'model config: unknown keys {unknown}; {what} attributes are {list(fields)}')
+  depth = cfg.get('depth') or model_cls.depth
+  for key, value in depth_rule(depth).items():
+    if cfg.get(key) is None:
+      cfg[key] = value
+  out = {f: getattr(model_cls, f) for f in fields}
+  out.update({k: v for k, v in cfg.items() if v is not None})
+  out['depth'] = depth
+  out['patch_nums'] = tuple(int(p) for p in out['patch_nums'])
+  return out
 
 
 def make_blocks(*, depth: int, scan_layers: bool, remat_policy: str, **block_kw):

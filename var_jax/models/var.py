@@ -45,18 +45,7 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
   embed_dim = 64 * depth, num_heads = depth, drop_path_rate = 0.1 * depth / 24. Accepts a dict or a
   ConfigDict; returns a plain dict usable as `VAR(**resolve(cfg))`.
   """
-  cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
-  unknown = sorted(set(cfg) - set(_FIELDS))
-  if unknown:
-    raise ValueError(f'model config: unknown keys {unknown}; VAR attributes are {list(_FIELDS)}')
-  depth = cfg.get('depth') or VAR.depth
-  for key, value in transformer.depth_rule(depth).items():
-    if cfg.get(key) is None:
-      cfg[key] = value
-  out = {f: getattr(VAR, f) for f in _FIELDS}
-  out.update({k: v for k, v in cfg.items() if v is not None})
-  out['depth'] = depth
-  out['patch_nums'] = tuple(int(p) for p in out['patch_nums'])
+  out = transformer.resolve_attributes(VAR, _FIELDS, model_cfg, 'VAR')
   _validate(out)
   return out
 
