@@ -19,6 +19,7 @@ import ml_collections
 import pytest
 
 from var_jax import errors
+from var_jax import paths
 from var_jax.scaling import sweep
 from var_jax.train import config as config_lib
 from var_jax.train import loop
@@ -86,10 +87,10 @@ def test_lease_where_locks_do_not_work(tmp_path, no_flock):
 def test_unusable_workdirs_are_config_errors(tmp_path):
   (tmp_path / 'file').write_text('')
   with pytest.raises(errors.ConfigError, match='not a folder'):
-    workdir_lib.check_usable(str(tmp_path / 'file'))
+    paths.check_folder(str(tmp_path / 'file'), '--workdir')
   with pytest.raises(errors.ConfigError, match='not a folder'):
-    workdir_lib.check_usable(str(tmp_path / 'file' / 'run'))
-  workdir_lib.check_usable(str(tmp_path / 'new' / 'run'))
+    paths.check_folder(str(tmp_path / 'file' / 'run'), '--workdir')
+  paths.check_folder(str(tmp_path / 'new' / 'run'), '--workdir')
   assert not (tmp_path / 'new').exists()
 
 
