@@ -167,7 +167,8 @@ def test_more_steps_than_the_schedule_spans_are_refused_and_a_longer_schedule_ex
   run, devices = str(tmp_path / 'run'), jax.devices()[:1]
   loop.train(_tiny(steps=6, **{'eval.every_steps': 3}), run, devices)
   before = _checksums(run)
-  with pytest.raises(errors.ConfigError, match=r'steps=12 is past optim\.total_steps=6.* --config\.optim\.total_steps=12'):
+  with pytest.raises(errors.ConfigError,
+                     match=r'steps=12 is past optim\.total_steps=6.* --config\.optim\.total_steps=12'):
     loop.train(_tiny(steps=12), run, devices)
   assert _checksums(run) == before
   loop.train(_tiny(steps=12, **{'optim.total_steps': 12, 'eval.every_steps': 3}), run, devices)
