@@ -47,6 +47,12 @@ def test_bench_rejects_bad_mode(bare_env):
   assert proc.returncode != 0 and 'usage: python -m var_jax.bench {train|sample|compare}' in proc.stderr
 
 
+def test_bench_refuses_zero_steps_in_one_line(bare_env):
+  proc = subprocess.run([sys.executable, '-m', 'var_jax.bench', 'train', *FLAGS, '--steps=0'], cwd=REPO,
+                        env=bare_env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2 and proc.stderr.count('\n') == 1 and '--steps' in proc.stderr, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--official=/nonexistent'], 'is not a checkout of FoundationVision/VAR'),
     ([], '--official is required'),

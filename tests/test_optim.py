@@ -43,6 +43,16 @@ def test_lr_schedule_matches_official(sche):
   assert got[-1] == pytest.approx(0.01 * peak)
 
 
+@pytest.mark.parametrize('sche', ['lin0', 'lin', 'lin00', 'cos'])
+def test_schedules_hold_their_end_values_past_the_last_step(sche):
+  steps, peak = 60, 1e-3
+  optim = _optim(lr=peak, warmup_steps=1, schedule=sche, weight_decay=0.05, weight_decay_end=0.2)
+  lr = np.asarray(jax.vmap(state_lib.lr_schedule(optim, steps))(jnp.arange(steps - 1, 3 * steps)))
+  wd = np.asarray(jax.vmap(state_lib.wd_schedule(optim, steps))(jnp.arange(steps - 1, 3 * steps)))
+  np.testing.assert_allclose(lr, 0.01 * peak, rtol=1e-5)
+  np.testing.assert_allclose(wd, 0.2, rtol=1e-5)
+
+
 def test_resolved_defaults_follow_the_official_recipe():
   c = config_lib.base_config()
   c.data.name = 'synthetic_tokens'

@@ -122,6 +122,8 @@ def test_logged_flops_match_xla_count(depth):
     (dict(model=dict(depth=3, embed_dim=64, num_heads=None)),
      r'model.embed_dim=64 must be divisible by num_heads=3'),
     (dict(optim=dict(schedule='linear')), r"optim.schedule='linear'; expected one of"),
+    (dict(model=dict(depth=0)), r'config: model\.depth=0 must be a positive integer'),
+    (dict(eval=dict(batches=0)), r'config: eval\.batches=0 must be positive'),
 ])
 def test_bad_config_one_line_errors(override, message):
   cfg = smoke_config('tokens').to_dict()

@@ -168,6 +168,14 @@ def test_resolve_depth_rule():
     var_lib.resolve({'depth': 2, 'remat_policy': 'some'})
 
 
+@pytest.mark.parametrize('key, value', [('depth', 0), ('depth', -2), ('embed_dim', 0), ('num_heads', 0),
+                                        ('vocab_size', 0), ('mlp_ratio', float('nan')),
+                                        ('drop_path_rate', float('inf')), ('cond_drop_rate', -0.1)])
+def test_resolve_refuses_zero_negative_and_non_finite_sizes_naming_the_key(key, value):
+  with pytest.raises(ValueError, match=rf'model\.{key}={value!r} must be'):
+    var_lib.resolve({'depth': 2, key: value})
+
+
 def test_bad_inputs(tiny):
   model, params, _ = tiny
   label, x = _inputs(model)

@@ -111,11 +111,12 @@ def test_reconcile_allows_the_listed_keys_keeps_derived_ones_and_lists_the_other
   stored = config_lib.resolve(_tiny(steps=100), 1)
   path = tmp_path / 'config.json'
   path.write_text(stored.to_json())
-  # More steps and another cadence: allowed; warmup (2% of steps when unset) keeps the stored run's value.
-  new = _tiny(steps=400, **{'log.every_steps': 7})
+  # More steps, a schedule that spans them and another cadence: allowed; warmup (2% of the total when unset)
+  # keeps the stored run's value.
+  new = _tiny(steps=400, **{'log.every_steps': 7, 'optim.total_steps': 400})
   cfg = config_lib.resolve(new, 1)
   changed = workdir_lib.reconcile(cfg, new, str(path))
-  assert sorted(c.split(':')[0] for c in changed) == ['log.every_steps', 'steps']
+  assert sorted(c.split(':')[0] for c in changed) == ['log.every_steps', 'optim.total_steps', 'steps']
   assert cfg.optim.warmup_steps == stored.optim.warmup_steps == 2
   new = _tiny(steps=100, **{'model.depth': 3, 'optim.b2': 0.9})
   with pytest.raises(errors.ConfigError, match=r'model\.depth \(1 -> 3\).*optim\.b2 \(0\.95 -> 0\.9\)'):
@@ -146,8 +147,8 @@ def test_a_finished_run_folder_keeps_its_config(tmp_path):
   with pytest.raises(errors.ConfigError, match=r'model\.depth \(1 -> 2\)'):
     loop.train(_tiny(**{'model.depth': 2}), run, devices)
   assert _checksums(run) == before
-  # More steps: the run continues from its checkpoint.
-  more = loop.train(_tiny(steps=3), run, devices)
+  # More steps on a schedule that spans them: the run continues from its checkpoint.
+  more = loop.train(_tiny(steps=3, **{'optim.total_steps': 3}), run, devices)
   assert more['step'] == 3
   records = [json.loads(l) for l in (pathlib.Path(run) / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3]
@@ -159,6 +160,22 @@ def test_a_finished_run_folder_keeps_its_config(tmp_path):
     loop.train(_tiny(steps=4, **{'model.depth': 2}), run, devices)
   assert _checksums(run) == before
   assert not (pathlib.Path(run) / 'corrupt_checkpoints').exists()
+
+
+def test_more_steps_than_the_schedule_spans_are_refused_and_a_longer_schedule_extends_the_run(tmp_path):
+  run, devices = str(tmp_path / 'run'), jax.devices()[:1]
+  loop.train(_tiny(steps=6, **{'eval.every_steps': 3}), run, devices)
+  before = _checksums(run)
+  with pytest.raises(errors.ConfigError, match=r'steps=12 is past optim\.total_steps=6.* --config\.optim\.total_steps=12'):
+    loop.train(_tiny(steps=12), run, devices)
+  assert _checksums(run) == before
+  loop.train(_tiny(steps=12, **{'optim.total_steps': 12, 'eval.every_steps': 3}), run, devices)
+  records = [json.loads(l) for l in (pathlib.Path(run) / 'metrics.jsonl').read_text().splitlines()]
+  lrs = [r['lr'] for r in records if r['split'] == 'train']
+  assert len(lrs) == 12 and min(lrs) > 0
+  evals = [r['loss'] for r in records if r['split'] == 'eval']
+  assert len(evals) == 4 and evals[-1] <= evals[1]  # step 12 against the end of the first schedule, step 6
+  assert json.loads((pathlib.Path(run) / 'config.json').read_text())['optim']['total_steps'] == 12
 
 
 def test_the_trainer_on_a_locked_folder_stops_at_once_naming_the_holder(tmp_path):

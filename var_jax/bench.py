@@ -30,12 +30,12 @@ MODES = ('train', 'sample', 'compare')
 
 
 def _define_flags() -> None:
-  flags.DEFINE_integer('depth', 16, 'VAR depth (width 64 x depth, heads = depth).')
-  flags.DEFINE_integer('batch', 8, 'Global batch size.')
-  flags.DEFINE_integer('vocab', 4096, 'Codebook size.')
+  flags.DEFINE_integer('depth', 16, 'VAR depth (width 64 x depth, heads = depth).', lower_bound=1)
+  flags.DEFINE_integer('batch', 8, 'Global batch size.', lower_bound=1)
+  flags.DEFINE_integer('vocab', 4096, 'Codebook size.', lower_bound=1)
   flags.DEFINE_list('patch-nums', '1,2,3,4,5,6,8,10,13,16', 'Scale sizes.')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.')
-  flags.DEFINE_integer('steps', 10, 'Timed steps (after one compiling step).')
+  flags.DEFINE_integer('steps', 10, 'Timed steps (after one compiling step).', lower_bound=1)
   flags.DEFINE_list('mesh', '-1,1,1', 'data,fsdp,tensor (-1 fills).')
   flags.DEFINE_string('remat', 'none', 'model.remat_policy.')
   flags.DEFINE_string('attention', 'auto', 'model.attention.')
@@ -43,7 +43,8 @@ def _define_flags() -> None:
   flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
   flags.DEFINE_string('official', None, 'compare: a checkout of github.com/FoundationVision/VAR (torch needed).')
   flags.DEFINE_enum('what', 'train', ['train', 'sample'], 'compare: the train step or sampling.')
-  flags.DEFINE_integer('rounds', 5, 'compare: alternating rounds; each framework times --steps per round.')
+  flags.DEFINE_integer('rounds', 5, 'compare: alternating rounds; each framework times --steps per round.',
+                       lower_bound=1)
 
 
 def bench_config(*, depth: int, batch: int, vocab: int, patch_nums, dtype: str, steps: int,

@@ -222,8 +222,29 @@ def _ada_gss_init(C):
   return init
 
 
+_POSITIVE_INTS = ('vocab_size', 'cvae', 'num_classes', 'depth', 'embed_dim', 'num_heads')  # cvae: VAR's only
+_FRACTIONS = ('cond_drop_rate', 'drop_path_rate')  # in [0, 1]
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def validate(a: Mapping[str, Any]) -> None:
-  """ValueError for trunk attributes that cannot build (width/heads, dtype, remat, attention)."""
+  """ValueError for trunk attributes that cannot build (sizes, rates, width/heads, dtype, remat, attention)."""
+  for key in (k for k in _POSITIVE_INTS if k in a):
+    if not _is_int(a[key]) or a[key] <= 0:
+      raise ValueError(f'model.{key}={a[key]!r} must be a positive integer')
+  for key in ('mlp_ratio', 'norm_eps'):
+    if not _is_number(a[key]) or a[key] <= 0:
+      raise ValueError(f'model.{key}={a[key]!r} must be a positive number')
+  for key in _FRACTIONS:
+    if not _is_number(a[key]) or not 0 <= a[key] <= 1:
+      raise ValueError(f'model.{key}={a[key]!r} must be a number in [0, 1]')
   if a['embed_dim'] % a['num_heads']:
     raise ValueError(f"model.embed_dim={a['embed_dim']} must be divisible by num_heads={a['num_heads']}")
   if a['dtype'] not in DTYPES:
@@ -248,7 +269,7 @@ def resolve_attributes(model_cls, fields: Sequence[str], model_cfg: Any, what: s
   unknown = sorted(set(cfg) - set(fields))
   if unknown:
     raise ValueError(f'model config: unknown keys {unknown}; {what} attributes are {list(fields)}')
-  depth = cfg.get('depth') or model_cls.depth
+  depth = model_cls.depth if cfg.get('depth') is None else cfg['depth']
   for key, value in depth_rule(depth).items():
     if cfg.get(key) is None:
       cfg[key] = value

@@ -165,6 +165,7 @@ def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collect
   for group in ('checkpoint', 'log', 'eval'):
     _check(c[group].every_steps > 0, f'{group}.every_steps must be positive, got {c[group].every_steps}')
   _check(c.checkpoint.keep > 0, f'checkpoint.keep must be positive, got {c.checkpoint.keep}')
+  _check(c.eval.batches > 0, f'eval.batches={c.eval.batches} must be positive')
   tasks.get(c.task).resolve(c)
   return c
 

@@ -38,14 +38,17 @@ class TrainState:
 
 
 def lr_schedule(optim_cfg: Any, steps: int) -> optax.Schedule:
-  """Learning rate per step (0-based), as official `lr_wd_annealing` with the peak folded in."""
+  """Learning rate per step (0-based), as official `lr_wd_annealing` with the peak folded in.
+
+  Past the last step (`steps - 1`) it holds at `final_lr_frac` x peak: never negative.
+  """
   peak, warmup = float(optim_cfg.lr), int(optim_cfg.warmup_steps)
   wp0, wpe, kind = float(optim_cfg.warmup_start), float(optim_cfg.final_lr_frac), optim_cfg.schedule
 
   def schedule(it):
     it = jnp.asarray(it, jnp.float32)
     warm = wp0 + (1 - wp0) * it / max(warmup, 1)
-    passed = (it - warmup) / max(steps - 1 - warmup, 1)  # 0 -> 1 after warmup
+    passed = jnp.clip((it - warmup) / max(steps - 1 - warmup, 1), 0, 1)  # 0 -> 1 after warmup, then held
     if kind == 'cos':
       after = wpe + (1 - wpe) * (0.5 + 0.5 * jnp.cos(math.pi * passed))
     else:
@@ -57,11 +60,11 @@ def lr_schedule(optim_cfg: Any, steps: int) -> optax.Schedule:
 
 
 def wd_schedule(optim_cfg: Any, steps: int) -> optax.Schedule:
-  """Weight decay per step: cosine from `weight_decay` to `weight_decay_end` over the run."""
+  """Weight decay per step: cosine from `weight_decay` to `weight_decay_end` over the run, then held."""
   wd, wd_end = float(optim_cfg.weight_decay), float(optim_cfg.weight_decay_end)
 
   def schedule(it):
-    passed = jnp.asarray(it, jnp.float32) / max(steps - 1, 1)
+    passed = jnp.clip(jnp.asarray(it, jnp.float32) / max(steps - 1, 1), 0, 1)
     return wd_end + (wd - wd_end) * (0.5 + 0.5 * jnp.cos(math.pi * passed))
 
   return schedule

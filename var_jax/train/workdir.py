@@ -12,8 +12,9 @@ host that is gone. A second run on a live folder stops before touching it with `
 Config. `config.json` is the resolved config the folder was started with. A new run in that folder may differ
 from it only in MAY_CHANGE (the length of the run, cadences, placement and reader settings); anything else is
 refused with the differing keys listed, before any file is touched. A key the stored config lacks (added to
-var_jax since) counts as its default. Derived values (`optim.warmup_steps` from `steps`, ...) keep the stored
-run's.
+var_jax since) counts as its default. Derived values (`optim.warmup_steps`, `optim.total_steps` from `steps`, ...)
+keep the stored run's, so `steps` past the run's `optim.total_steps` (where its schedule ends) is refused unless
+`optim.total_steps` is given as well: the schedule is then recomputed over the new total (warmup kept).
 """
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ LOCK, CONFIG, DONE = 'LOCK', 'config.json', 'DONE'
 HEARTBEAT_S, LEASE_S = 10.0, 60.0
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 # Keys a resumed run may change: `prefix.*` covers a whole group.
-MAY_CHANGE = ('steps', 'log.*', 'eval.every_steps', 'eval.batches', 'checkpoint.every_steps', 'checkpoint.keep',
-              'checkpoint.keep_every', 'checkpoint.async_save', 'mesh.*', 'sharding.*', 'data.data_dir',
-              'data.num_threads', 'data.prefetch', 'data.worker_count')
+MAY_CHANGE = ('steps', 'optim.total_steps', 'log.*', 'eval.every_steps', 'eval.batches', 'checkpoint.every_steps',
+              'checkpoint.keep', 'checkpoint.keep_every', 'checkpoint.async_save', 'mesh.*', 'sharding.*',
+              'data.data_dir', 'data.num_threads', 'data.prefetch', 'data.worker_count')
 
 
 # ---- the lock -------------------------------------------------------------------------------------------------
@@ -262,17 +263,28 @@ def reconcile(cfg: ml_collections.ConfigDict, config: Any, stored_path: str) -> 
     old = stored.get(key, defaults.get(key))
     if new.get(key) == old:
       continue
-    if _may_change(key):
-      changed.append(f'{key}: {old!r} -> {new.get(key)!r}')
-    elif key in new and raw.get(key) is None and key in stored:
+    if key in new and raw.get(key) is None and key in stored:
       _set(cfg, key, old)  # derived (e.g. warmup from steps): the run keeps its own
+    elif _may_change(key):
+      changed.append(f'{key}: {old!r} -> {new.get(key)!r}')
     else:
       refused.append(f'{key} ({old!r} -> {new.get(key)!r})')
   if refused:
     raise errors.ConfigError(
         f'{stored_path}: this run folder belongs to another config; differing keys: {", ".join(refused)}. '
         f'Only {", ".join(MAY_CHANGE)} may change on resume; use a new --workdir for a new config')
+  _check_schedule_covers(cfg, stored_path)
   return changed
+
+
+def _check_schedule_covers(cfg: ml_collections.ConfigDict, stored_path: str) -> None:
+  """ConfigError when `steps` goes past the step where the run's learning-rate schedule ends."""
+  total = cfg.optim.total_steps
+  if cfg.steps > total:
+    raise errors.ConfigError(
+        f'steps={cfg.steps} is past optim.total_steps={total}, where the learning-rate schedule of the run in '
+        f'{os.path.dirname(stored_path) or "."} ends; to extend the run, also give '
+        f'--config.optim.total_steps={cfg.steps} (or more): its schedule is then recomputed over that many steps')
 
 
 def write_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:

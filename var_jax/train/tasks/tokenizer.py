@@ -180,7 +180,7 @@ class TokenizerTask(task_lib.Task):
     if self.disc is not None:
       disc_optim = ml_collections.ConfigDict(c.optim.to_dict())
       disc_optim.lr = c.disc.lr
-      self.tx_disc = state_lib.make_optimizer(disc_optim, c.steps - c.disc.start_step)
+      self.tx_disc = state_lib.make_optimizer(disc_optim, c.optim.total_steps - c.disc.start_step)
     return self.tx_vae
 
   def init_opt_state(self, params: Any) -> Any:
