@@ -87,8 +87,8 @@ def _save_pngs(folder, images):
 
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-  """Models (in memory and on disk), a reference folder, and the 2-process evaluation started in the background."""
+def saved(tmp_path_factory):
+  """Models (in memory and on disk), a reference folder and the wrapper script."""
   root = tmp_path_factory.mktemp('evaluate')
   vae = tokenizer.VQVAE(vocab_size=16, z_channels=4, ch=8, ch_mult=(1, 1), num_res_blocks=1, norm_groups=4,
                         share_quant_resi=2, patch_nums=(1, 2))
@@ -102,6 +102,14 @@ def setup(tmp_path_factory):
   _save_pngs(root / 'ref', ref_images)
   (root / 'wrapper.py').write_text(WRAPPER)
   model_flags = [f'--var={root / "var.npz"}', f'--tokenizer={root / "tok"}']
+  return dict(root=root, models=(var, var_params, vae, vae_params), model_flags=model_flags, ref_images=ref_images)
+
+
+@pytest.fixture(scope='module')
+def setup(saved):
+  """`saved`, a data-parallel sampler, and the 2-process evaluation started in the background."""
+  root, model_flags = saved['root'], saved['model_flags']
+  var, var_params, vae, vae_params = saved['models']
   multi = subprocess.Popen(
       ['bash', str(REPO / 'launch' / 'local.sh'), '--devices', '2', '--port', str(_free_port()), '2', '--',
        sys.executable, str(root / 'wrapper.py'), *model_flags, f'--num_samples={N}', '--per_class=2',
@@ -111,7 +119,7 @@ def setup(tmp_path_factory):
       cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   sampler = sampling.make_sampler(var, vae)
   dp = generate.DataParallelSampler(sampler, var_params, vae_params, batch_size=2, devices=jax.devices()[:1])
-  yield dict(root=root, dp=dp, multi=multi, model_flags=model_flags, ref_images=ref_images)
+  yield dict(saved, dp=dp, multi=multi)
   multi.kill()
 
 
@@ -193,16 +201,49 @@ def _fd(a, b):
   return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * linalg.sqrtm(s_a @ s_b).real))
 
 
-def _run(setup, *argv):
-  return subprocess.run([sys.executable, str(setup['root'] / 'wrapper.py'), '--noprogress', *argv], cwd=REPO,
+def _run(saved, *argv):
+  return subprocess.run([sys.executable, str(saved['root'] / 'wrapper.py'), '--noprogress', *argv], cwd=REPO,
                         env=_env(), capture_output=True, text=True, timeout=300)
 
 
-def test_images_against_reference_folders(setup, tmp_path):
-  ref = setup['ref_images']
+def test_without_features_only_the_samples_are_written(saved, tmp_path):
+  proc = _run(saved, *saved['model_flags'], f'--num_samples={CLASSES}', f'--out={tmp_path / "out"}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['samples']
+  assert len(list((tmp_path / 'out' / 'samples').glob('chunk_*.npz'))) == 1
+
+
+def test_non_finite_figures_are_written_as_null_with_a_note():
+  record = dict(fid=float('nan'), is_mean=float('inf'), precision=0.5, num_images=4)
+  notes = evaluate._null_non_finite(record)
+  assert record == dict(fid=None, is_mean=None, precision=0.5, num_images=4)
+  assert len(notes) == 2 and 'fid' in notes[0] and 'is_mean' in notes[1]
+
+
+class _Refusing:
+  def sample(self, plan, indices):
+    raise ValueError('top_k must be in [0, 16] (0 = off), got -5')
+
+
+class _Blank:
+  def sample(self, plan, indices):
+    return np.zeros((len(indices), 4, 4, 3), np.uint8)
+
+
+def test_a_plan_the_sampler_refuses_leaves_no_trace_and_the_corrected_one_runs(tmp_path):
+  out = tmp_path / 'out'
+  with pytest.raises(ValueError, match='top_k'):
+    generate.generate(_Refusing(), _plan(knobs=dict(KNOBS, top_k=-5)), str(out), progress=False)
+  assert not out.exists()
+  assert generate.generate(_Blank(), _plan(), str(out), progress=False) == dict(sampled=3, kept=0)
+  assert (out / generate.PLAN_JSON).exists()
+
+
+def test_images_against_reference_folders(saved, tmp_path):
+  ref = saved['ref_images']
   images = 255 - ref[:12]
   _save_pngs(tmp_path / 'a', images)
-  proc = _run(setup, f'--images={tmp_path / "a"}', f'--reference={setup["root"] / "ref"}', '--features=tiny',
+  proc = _run(saved, f'--images={tmp_path / "a"}', f'--reference={saved["root"] / "ref"}', '--features=tiny',
               f'--out={tmp_path / "out"}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   record = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
@@ -224,13 +265,17 @@ def test_stats_only_reference_skips_precision_recall_and_checks_dimension(tmp_pa
 
 @pytest.mark.parametrize('overrides, message', [
     (dict(images='x', features=None), '--images needs --features'),
+    (dict(cfg=float('nan')), r'--cfg must be >= 0 and finite, got nan'),
+    (dict(top_k=-5), r'--top_k must be in \[0, vocabulary size\] \(0 = off\), got -5'),
+    (dict(top_p=1.0), r'--top_p must be in \[0, 1\)'),
+    (dict(out=__file__), r'--out: .* exists and is not a folder'),
     (dict(images=None, var='v.pth'), '--var needs --tokenizer'),
     (dict(reference='r.npz', features=None), '--reference needs --features'),
     (dict(chunk_size=0), '--chunk_size must be positive'),
 ])
 def test_flag_checks(overrides, message):
   f = dict(images='x', var=None, workdir=None, tokenizer=None, out='o', reference=None, features='tiny', cfg=1.5,
-           num_samples=1, per_class=1, batch_size=1, chunk_size=1, feature_batch_size=1)
+           top_k=900, top_p=0.96, num_samples=1, per_class=1, batch_size=1, chunk_size=1, feature_batch_size=1)
   with pytest.raises(errors.ConfigError, match=message):
     evaluate._check_flags(types.SimpleNamespace(**dict(f, **overrides)))
 
@@ -239,9 +284,9 @@ def test_flag_checks(overrides, message):
     (('--images=x.npz', '--features=inception:/no/such/pt_inception.pth', '--out=o'), '/no/such/pt_inception.pth'),
     (('--num_samples=10', '--out=o'), 'num_samples=10'),
 ])
-def test_bad_input_is_one_line_with_exit_code_2(setup, argv, message):
-  argv = setup['model_flags'] + list(argv) if argv[0].startswith('--num_samples') else argv
-  proc = _run(setup, *argv)
+def test_bad_input_is_one_line_with_exit_code_2(saved, argv, message):
+  argv = saved['model_flags'] + list(argv) if argv[0].startswith('--num_samples') else argv
+  proc = _run(saved, *argv)
   assert proc.returncode == errors.ConfigError.exit_code, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
   assert proc.stderr.startswith('var-evaluate: error: ') and message in proc.stderr

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 
 from conftest import REPO, SHARED
 import numpy as np
@@ -109,6 +110,26 @@ def test_too_few_points_is_a_clear_error():
 def test_missing_results_csv_names_the_fix(tmp_path):
   with pytest.raises(errors.ConfigError, match='aggregate_only'):
     fit.load_table(str(tmp_path))
+
+
+def test_missing_csv_is_a_config_error_naming_it(tmp_path):
+  with pytest.raises(errors.ConfigError, match='nope.csv: no such file'):
+    fit.load_table(str(tmp_path / 'nope.csv'))
+
+
+def test_bootstrap_resamples_with_a_flat_loss_are_left_out_without_numpy_warnings():
+  x, y = np.array([1e3, 1e4, 1e5, 1e6]), np.array([3.0, 3.0, 3.0, 2.0])
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    out = fit.fit_power(x, y, n_bootstrap=200)
+  assert np.isfinite(out['beta']) and np.all(np.isfinite(out['beta_ci']))
+  with pytest.raises(errors.ConfigError, match='flat'):
+    fit.fit_power(x[:3], y[:3])
+
+
+def test_the_library_run_as_a_script_points_to_the_command():
+  proc = subprocess.run([sys.executable, '-m', 'var_jax.scaling.fit'], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == errors.ConfigError.exit_code and 'python -m var_jax.fit' in proc.stderr
 
 
 def test_cli_writes_fit_json(tmp_path):

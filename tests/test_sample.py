@@ -42,6 +42,8 @@ def test_sample_batches_pads_the_last_batch():
     ((), 'exactly one of --var'),
     (('--var=a.pth',), '--var needs --tokenizer'),
     (('--workdir=w', '--cfg=-1'), '--cfg must be >= 0'),
+    (('--workdir=w', '--cfg=nan'), '--cfg must be >= 0 and finite, got nan'),
+    (('--workdir=w', f'--out_dir={__file__}'), '--out_dir: '),
     (('--workdir=w', '--classes=a,b'), '--classes must be integers'),
     (('--workdir=w', '--batch_size=0'), 'must be positive'),
     (('--workdir=/nonexistent/run',), 'not a training workdir'),

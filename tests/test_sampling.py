@@ -6,7 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from var_jax import errors
+from var_jax.models import next_token
+from var_jax.models import next_token_sampling
 from var_jax.models import sampling
+from var_jax.models import tokenizer
 from var_jax.models.var import VAR
 from var_jax.weights import var as var_weights
 
@@ -108,3 +112,29 @@ def test_more_smooth_feeds_a_codebook_mixture(models, sampler):
   np.testing.assert_array_equal(np.asarray(soft_idx[0]), np.asarray(hard_idx[0]))  # same draw ...
   assert np.abs(np.asarray(soft_img) - np.asarray(hard_img)).max() > 1e-3  # ... a mixture fed back
   assert 0.0 <= float(soft_img.min()) and float(soft_img.max()) <= 1.0
+
+
+def test_a_tokenizer_that_does_not_fit_is_refused_naming_both_values():
+  vae = tokenizer.VQVAE(vocab_size=16, z_channels=4, ch=8, ch_mult=(1, 1), num_res_blocks=1, norm_groups=4,
+                        share_quant_resi=2, patch_nums=(1, 2))
+  var = VAR(vocab_size=32, cvae=4, patch_nums=(1, 2), num_classes=3, depth=1, embed_dim=32, num_heads=2)
+  with pytest.raises(errors.WeightsError, match=r'VAR \(patch_nums, vocab_size, cvae\)=\(\(1, 2\), 32, 4\) but '
+                     r'tokenizer \(patch_nums, vocab_size, z_channels\)=\(\(1, 2\), 16, 4\)'):
+    sampling.make_sampler(var, vae)
+  raster = next_token.NextToken(vocab_size=16, patch_nums=(4,), num_classes=3, depth=1, embed_dim=32, num_heads=2)
+  with pytest.raises(errors.WeightsError, match=r'NextToken \(patch_nums, vocab_size\)=\(\(4,\), 16\) but '
+                     r'tokenizer \(patch_nums, vocab_size\)=\(\(1, 2\), 16\)'):
+    next_token_sampling.make_sampler(raster, vae)
+
+
+@pytest.mark.parametrize('knobs, message', [
+    (dict(cfg=float('nan')), r'cfg must be >= 0 and finite, got nan'),
+    (dict(cfg=float('inf')), r'cfg must be >= 0 and finite'),
+    (dict(top_k=-5), r'top_k must be in \[0, 16\]'),
+    (dict(top_p=1.0), r'top_p must be in \[0, 1\)'),
+    (dict(top_p=float('nan')), r'top_p must be in \[0, 1\)'),
+    (dict(temperature=0.0), r'temperature must be > 0'),
+])
+def test_knobs_out_of_range_are_refused_naming_the_knob(knobs, message):
+  with pytest.raises(ValueError, match=message):
+    sampling.check_knobs(**dict(dict(cfg=1.5, top_k=0, top_p=0.0), **knobs), vocab_size=16)

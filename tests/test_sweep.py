@@ -12,6 +12,7 @@ from conftest import load_experiment
 import ml_collections
 import pytest
 
+from var_jax import errors
 from var_jax import flops
 from var_jax.scaling import sweep
 from var_jax.train import config as config_lib
@@ -98,14 +99,17 @@ def test_budgets_set_steps_from_tokens_and_flops():
 def test_bad_sweep_files_are_clear_errors(axes, msg):
   c = _sweep_config()
   c.axes = axes
-  with pytest.raises(ValueError, match=msg):
+  with pytest.raises(errors.ConfigError, match=msg):  # exit 2 with one line, not a traceback
     sweep.expand(c)
 
 
 def test_local_sweep_records_failure_skips_done_runs_and_writes_results(tmp_path, fake_trainer):
   root = str(tmp_path / 'root')
   out = io.StringIO()
-  sweep.launch(_sweep_config(), root, 'local', report=False, out=out)
+  rows = sweep.launch(_sweep_config(), root, 'local', report=False, out=out)
+  failed = [r['run_id'] for r in rows if r['status'] == 'failed']
+  with pytest.raises(errors.RunsFailedError, match=rf'1 of 3 runs did not finish: {failed[0]} \(failed\)'):
+    sweep.check_finished(rows)
   assert sorted(fake_trainer()) == sorted(r.run_id for r in sweep.expand(_sweep_config()))
   log = out.getvalue()
   assert '[3/3]' in log and 'failed (exit 2): var-train: error: config: model.depth=3' in log

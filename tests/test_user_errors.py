@@ -36,9 +36,26 @@ CASES = [
                                  '--config.data.name=image_folder', '--config.data.path={tmp}/nowhere'],
      DATA, 'nowhere'),
     ('train_workdir_is_a_file', TRAIN + ['--workdir={tmp}/garbage.pth'], CONFIG, 'garbage.pth'),
+    ('train_missing_config', ['var_jax.train', '--config={tmp}/nope.py', '--workdir={tmp}/w'], CONFIG,
+     'nope.py: no such file'),
+    ('train_override_typo', TRAIN + ['--workdir={tmp}/w', '--config.model.dpeth=3'], CONFIG,
+     'unknown key \'dpeth\' Did you mean "depth"'),
+    ('sweep_missing_config', ['var_jax.sweep', '--config={tmp}/nope.py', '--workdir={tmp}/s'], CONFIG,
+     'nope.py: no such file'),
+    ('sweep_unknown_key', ['var_jax.sweep', '--config={tmp}/sweep.py', '--workdir={tmp}/s', '--launcher=print'],
+     CONFIG, "unknown config key 'model.no_such_key'"),
+    ('fit_missing_csv', ['var_jax.fit', '--input={tmp}/missing.csv', '--out={tmp}/fit.json'], CONFIG,
+     'missing.csv: no such file'),
+    ('sample_top_k', ['var_jax.sample', '--workdir={tmp}/run', '--top_k=-1'], CONFIG, '--top_k'),
 ]
 _PROGS = {'var_jax.convert': 'var-convert', 'var_jax.sample': 'var-sample', 'var_jax.fit': 'var-fit',
-          'var_jax.train': 'var-train'}
+          'var_jax.train': 'var-train', 'var_jax.sweep': 'var-sweep'}
+SWEEP = """
+from var_jax.train import config as config_lib
+import ml_collections
+def get_config(arg=None):
+  return ml_collections.ConfigDict(dict(base=config_lib.base_config(), axes=[('model.no_such_key', (1,))]))
+"""
 
 
 def _inputs(tmp: pathlib.Path) -> None:
@@ -49,6 +66,7 @@ def _inputs(tmp: pathlib.Path) -> None:
   (tmp / 'run' / 'config.json').write_text(config_lib.base_config().to_json())
   (tmp / 'one_row.csv').write_text('params,loss\n1000,3.2\n')
   (tmp / 'no_loss.csv').write_text('params,acc\n1000,0.1\n2000,0.2\n3000,0.3\n')
+  (tmp / 'sweep.py').write_text(SWEEP)
 
 
 def _run(case, tmp: pathlib.Path):

@@ -19,6 +19,7 @@ import ml_collections
 import pytest
 
 from var_jax import errors
+from var_jax import paths
 from var_jax.scaling import sweep
 from var_jax.train import config as config_lib
 from var_jax.train import loop
@@ -86,10 +87,10 @@ def test_lease_where_locks_do_not_work(tmp_path, no_flock):
 def test_unusable_workdirs_are_config_errors(tmp_path):
   (tmp_path / 'file').write_text('')
   with pytest.raises(errors.ConfigError, match='not a folder'):
-    workdir_lib.check_usable(str(tmp_path / 'file'))
+    paths.check_folder(str(tmp_path / 'file'), '--workdir')
   with pytest.raises(errors.ConfigError, match='not a folder'):
-    workdir_lib.check_usable(str(tmp_path / 'file' / 'run'))
-  workdir_lib.check_usable(str(tmp_path / 'new' / 'run'))
+    paths.check_folder(str(tmp_path / 'file' / 'run'), '--workdir')
+  paths.check_folder(str(tmp_path / 'new' / 'run'), '--workdir')
   assert not (tmp_path / 'new').exists()
 
 
@@ -166,7 +167,8 @@ def test_more_steps_than_the_schedule_spans_are_refused_and_a_longer_schedule_ex
   run, devices = str(tmp_path / 'run'), jax.devices()[:1]
   loop.train(_tiny(steps=6, **{'eval.every_steps': 3}), run, devices)
   before = _checksums(run)
-  with pytest.raises(errors.ConfigError, match=r'steps=12 is past optim\.total_steps=6.* --config\.optim\.total_steps=12'):
+  with pytest.raises(errors.ConfigError,
+                     match=r'steps=12 is past optim\.total_steps=6.* --config\.optim\.total_steps=12'):
     loop.train(_tiny(steps=12), run, devices)
   assert _checksums(run) == before
   loop.train(_tiny(steps=12, **{'optim.total_steps': 12, 'eval.every_steps': 3}), run, devices)

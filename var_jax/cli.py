@@ -8,6 +8,7 @@ inside their own `run()`, so importing them defines none.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -29,6 +30,14 @@ def _flag_error_line(e: Exception) -> str:
   return ' '.join(lines[:1] + lines[1:][-1:]) if lines else type(e).__name__
 
 
+def _override_message(e: BaseException) -> str:
+  """The text of an override error: ml_collections wraps a KeyError (whose str() is a repr) in an AttributeError."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = ' '.join(str(e.args[0]).split()) if e.args else type(e).__name__
+  return f'unknown key {text}' if isinstance(e, KeyError) else text
+
+
 def _parser(prog: str, rewrite: Callable[[list[str]], list[str]] | None):
   def parse(argv: Sequence[str]) -> list[str]:
     argv = list(argv) if rewrite is None else rewrite(list(argv))
@@ -38,8 +47,7 @@ def _parser(prog: str, rewrite: Callable[[list[str]], list[str]] | None):
       fail(prog, _flag_error_line(e))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
       # ml_collections raises these for `--config.no_such_key=...` and badly typed overrides.
-      message = str(e.args[0] if e.args else e).strip('\'"')
-      fail(prog, f'bad --config override: {message}')
+      fail(prog, f'bad --config override: {_override_message(e)}')
   return parse
 
 
@@ -62,6 +70,21 @@ def run(main: Callable[[list[str]], object], *, prog: str,
       fail(prog, str(e), e.exit_code)
 
   app.run(wrapped, flags_parser=_parser(prog, rewrite_argv))
+
+
+def config_file(name: str = 'config', required: bool = True):
+  """The config of the config-file flag `--NAME` (ml_collections' DEFINE_config_file), or None when it is not
+  given and not `required`; ConfigError when it is missing or its file does not exist."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flag = flags.FLAGS[name]
+  if flag.value is None:
+    if required:
+      raise errors.ConfigError(f'--{name} is required')
+    return None
+  path = config_flags.get_config_filename(flag).split(':', 1)[0]  # FILE[:ARG]
+  if not os.path.isfile(path):
+    raise errors.ConfigError(f'--{name}={path}: no such file')
+  return flag.value
 
 
 def no_positional(argv: Sequence[str]) -> None:

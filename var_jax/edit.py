@@ -25,6 +25,7 @@ import numpy as np
 
 from var_jax import cli
 from var_jax import errors
+from var_jax import paths
 from var_jax import sample
 
 PROG = 'var-edit'
@@ -138,8 +139,11 @@ def _checked_flags():
     raise errors.ConfigError('--var needs --tokenizer')
   if not f.image:
     raise errors.ConfigError('--image is required (files or folders)')
-  if f.cfg < 0 or f.batch_size <= 0:
-    raise errors.ConfigError('--cfg must be >= 0 and --batch_size positive')
+  if f.batch_size <= 0:
+    raise errors.ConfigError(f'--batch_size must be positive, got {f.batch_size}')
+  sample.check_knob_flags(f)
+  if f.out_dir:
+    paths.check_folder(f.out_dir, '--out_dir')
   return f
 
 

@@ -12,6 +12,7 @@ catches the built-in type keeps working.
 | 3         | DivergedError   | training stopped on a non-finite loss; the last good checkpoint is kept |
 | 4         | DataError       | the dataset cannot be opened or read as configured                     |
 | 5         | WorkdirBusyError| another live run holds the run folder's lock (the holder is named)     |
+| 6         | RunsFailedError | a sweep ended with failed or diverged runs (the message names them)    |
 """
 from __future__ import annotations
 
@@ -44,7 +45,11 @@ class DataError(VarJaxError, ValueError):
   exit_code = 4
 
 
-
 class WorkdirBusyError(VarJaxError):
   """The run folder is locked by another live run (`var_jax.train.workdir`); the message names its host and pid."""
   exit_code = 5
+
+
+class RunsFailedError(VarJaxError):
+  """A sweep ended with runs recorded as failed or diverged (`var_jax.scaling.sweep`); the message names them."""
+  exit_code = 6

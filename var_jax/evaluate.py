@@ -14,12 +14,13 @@ Samples go to OUT/samples/chunk_XXXXX.npz (see var_jax/eval/generate.py); rerunn
 after a kill samples only the missing chunks. Several processes (launch/local.sh, or a pod with
 --coordinator_address/--num_processes/--process_id) each sample their share of the chunks; process 0
 then measures. OUT/metrics.json holds fid, is_mean, is_std, precision, recall, sample_accuracy (None
-where the extractor or the reference cannot give it; `notes` say why), num_images, the sampling knobs
-and seconds. Without --features only the samples are written.
+where the extractor or the reference cannot give it or it came out NaN; `notes` say why), num_images, the
+sampling knobs and seconds. Without --features only the samples are written (no metrics.json).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Sequence
@@ -29,6 +30,8 @@ from absl import logging
 
 from var_jax import cli
 from var_jax import errors
+from var_jax import paths
+from var_jax import sample
 
 PROG = 'var-evaluate'
 SAMPLES = 'samples'
@@ -77,8 +80,8 @@ def _check_flags(f) -> None:
     raise errors.ConfigError('--reference needs --features (the extractor both sides are measured with)')
   if f.images and not f.features:
     raise errors.ConfigError('--images needs --features')
-  if f.cfg < 0:
-    raise errors.ConfigError(f'--cfg must be >= 0, got {f.cfg}')
+  sample.check_knob_flags(f)
+  paths.check_folder(f.out, '--out')
   for name in ('num_samples', 'per_class', 'batch_size', 'chunk_size', 'feature_batch_size'):
     if getattr(f, name) < 1:
       raise errors.ConfigError(f'--{name} must be positive, got {getattr(f, name)}')
@@ -97,10 +100,9 @@ def _extractor(spec: str, batch_size: int):
 def _sample(f, out_dir: str):
   """Samples this process's chunks of the plan the flags describe; returns (plan, knobs, seconds)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from var_jax import sample as sample_cli  # pylint: disable=g-import-not-at-top
   from var_jax.eval import generate  # pylint: disable=g-import-not-at-top
   from var_jax.models import next_token_sampling  # pylint: disable=g-import-not-at-top
-  var_model, var_params, vae_model, vae_params = sample_cli.load_models(
+  var_model, var_params, vae_model, vae_params = sample.load_models(
       var=f.var, tokenizer=f.tokenizer, workdir=f.workdir, step=f.step)
   knobs = dict(cfg=f.cfg, top_k=min(f.top_k, var_model.vocab_size), top_p=f.top_p, more_smooth=f.more_smooth)
   plan = generate.Plan(num_samples=f.num_samples, num_classes=var_model.num_classes, per_class=f.per_class,
@@ -129,6 +131,14 @@ def _write_adm_npz(path: str, batches) -> None:
   os.replace(tmp, path)
 
 
+def _null_non_finite(record: dict) -> list[str]:
+  """Sets NaN and infinite figures of `record` to None (JSON has no NaN); returns a note for each."""
+  bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+  notes = [f'{k} came out {record[k]} (not finite); written as null' for k in bad]
+  record.update(dict.fromkeys(bad))
+  return notes
+
+
 def main(argv: Sequence[str]) -> None:
   cli.no_positional(argv)
   f = flags.FLAGS
@@ -155,19 +165,22 @@ def main(argv: Sequence[str]) -> None:
     return
   if f.adm_npz:
     _write_adm_npz(f.adm_npz, batches())
-  if extractor is not None:
-    samples = quality.featurise(extractor, batches())
-    record.update(quality.measure(samples, ref, extractor.num_classes))
-    if samples.labels is None and extractor.num_classes:
-      notes.append('sample_accuracy needs the class of every image (arr_1 in an .npz); none given')
-    elif record['sample_accuracy'] is None and extractor.num_classes:
-      notes.append(f'sample_accuracy: labels up to {int(samples.labels.max())} are not classes of the '
-                   f'extractor ({extractor.num_classes})')
+  if extractor is None:
+    print(f'wrote {f.num_samples} samples to {os.path.join(f.out, SAMPLES)} (no --features: nothing measured)')
+    return
+  samples = quality.featurise(extractor, batches())
+  record.update(quality.measure(samples, ref, extractor.num_classes))
+  if samples.labels is None and extractor.num_classes:
+    notes.append('sample_accuracy needs the class of every image (arr_1 in an .npz); none given')
+  elif record['sample_accuracy'] is None and extractor.num_classes:
+    notes.append(f'sample_accuracy: labels up to {int(samples.labels.max())} are not classes of the '
+                 f'extractor ({extractor.num_classes})')
+  notes += _null_non_finite(record)
   record.update(notes=notes, seconds=time.perf_counter() - start)
   os.makedirs(f.out, exist_ok=True)
   path = os.path.join(f.out, METRICS_JSON)
   with open(path + '.tmp', 'w') as out:
-    json.dump(record, out, indent=1)
+    json.dump(record, out, indent=1, allow_nan=False)
   os.replace(path + '.tmp', path)
   shown = {k: record.get(k) for k in ('fid', 'is_mean', 'precision', 'recall', 'sample_accuracy', 'num_images')}
   print(f'wrote {path}: ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'

@@ -22,6 +22,7 @@ import numpy as np
 
 from var_jax import cli
 from var_jax import errors
+from var_jax import paths
 
 PROG = 'var-sample'
 SAMPLED_TASKS = ('var', 'next_token')  # next-scale and next-token (raster) generation
@@ -86,6 +87,15 @@ def image_grid(img_NHWC: np.ndarray, rows: int) -> np.ndarray:
   return np.round(np.clip(grid, 0, 1) * 255).astype(np.uint8)
 
 
+def check_knob_flags(f) -> None:
+  """ConfigError (one line) for --cfg, --top_k or --top_p out of range (NaN included), before any loading."""
+  from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
+  try:
+    sampling.check_knobs(f.cfg, f.top_k, f.top_p)
+  except ValueError as e:
+    raise errors.ConfigError(f'--{e}') from None
+
+
 def _checked_flags():
   """The flags, checked before anything is loaded; ConfigError (one line) for bad ones."""
   f = flags.FLAGS
@@ -99,8 +109,8 @@ def _checked_flags():
     classes = [int(c) for c in f.classes]
   except ValueError:
     raise errors.ConfigError(f'--classes must be integers, got {",".join(f.classes)}') from None
-  if f.cfg < 0:
-    raise errors.ConfigError(f'--cfg must be >= 0, got {f.cfg}')
+  check_knob_flags(f)
+  paths.check_folder(f.out_dir, '--out_dir')
   model_config = None
   if f.model_config:
     try:

@@ -6,6 +6,8 @@ ROOT/results.csv and ROOT/report/. Finished runs are skipped, partial ones resum
 recorded (rerun them with --retry_failed). `--aggregate_only` (or --aggregate-only) only rewrites the
 table and the report. Sweep-file values can be overridden: --config.base.batch_size=64.
 See var_jax/scaling/sweep.py for the sweep-file format.
+Exit codes: 0 when no run is recorded as failed or diverged, 6 (`errors.RunsFailedError`) naming those that are,
+2 for a bad flag, sweep file or key.
 """
 from absl import flags
 from ml_collections import config_flags
@@ -42,10 +44,12 @@ def main(argv):
   f = flags.FLAGS
   if not f.workdir:
     raise errors.ConfigError('--workdir is required')
+  config = cli.config_file('config', required=not f.aggregate_only)
   try:
-    sweep.launch(f.config, f.workdir, f.launcher, f.aggregate_only, f.retry_failed, f.sbatch_args, f.report)
+    rows = sweep.launch(config, f.workdir, f.launcher, f.aggregate_only, f.retry_failed, f.sbatch_args, f.report)
   except FileNotFoundError as e:
     raise errors.ConfigError(str(e)) from None
+  sweep.check_finished(rows)
 
 
 def run():

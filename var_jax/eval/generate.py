@@ -8,7 +8,8 @@ Indices are cut into chunks of `chunk_size`; chunk c is written to OUT/chunk_{c:
 uint8 (n, H, W, 3), `labels`, `indices`) by process c % process_count, which samples it on its
 own devices (data parallel over a local mesh: sampling needs no communication). A chunk on disk
 is never recomputed, so a killed evaluation resumes where it stopped. OUT/plan.json records what
-the chunks are samples of; resuming with another plan is an error rather than a mix.
+the chunks are samples of (written with the first chunk, so a plan the sampler refuses leaves no trace);
+resuming with another plan is an error rather than a mix.
 """
 from __future__ import annotations
 
@@ -94,24 +95,30 @@ def _write_chunk(path: str, **arrays: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
-def check_plan(out_dir: str, plan: Plan, write: bool = True) -> None:
-  """ConfigError when OUT holds the samples of a different plan; else writes OUT/plan.json if `write`."""
+def check_plan(out_dir: str, plan: Plan) -> None:
+  """ConfigError when OUT holds the samples of a different plan (its plan.json differs)."""
   path = os.path.join(out_dir, PLAN_JSON)
-  want = plan.to_json()
-  if os.path.exists(path):
-    with open(path) as f:
-      have = json.load(f)
-    if have != json.loads(json.dumps(want)):
-      changed = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-      raise errors.ConfigError(f'{out_dir} holds samples of another plan (differs in {changed}); '
-                               'use a new output folder or delete it')
+  if not os.path.exists(path):
     return
-  if not write:
+  with open(path) as f:
+    have = json.load(f)
+  want = json.loads(json.dumps(plan.to_json()))
+  if have != want:
+    changed = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    raise errors.ConfigError(f'{out_dir} holds samples of another plan (differs in {changed}); '
+                             'use a new output folder or delete it')
+
+
+def _record_plan(out_dir: str, plan: Plan) -> None:
+  """Writes OUT/plan.json (the same from every process) if it is not there yet."""
+  path = os.path.join(out_dir, PLAN_JSON)
+  if os.path.exists(path):
     return
   os.makedirs(out_dir, exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(want, f, indent=1, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(plan.to_json(), f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
 
 
 class DataParallelSampler:
@@ -163,7 +170,7 @@ def generate(dp_sampler: DataParallelSampler, plan: Plan, out_dir: str, *, progr
   import tqdm  # pylint: disable=g-import-not-at-top
   p = jax.process_index() if process_index is None else process_index
   n = jax.process_count() if process_count is None else process_count
-  check_plan(out_dir, plan, write=p == 0)  # every process refuses another plan's folder
+  check_plan(out_dir, plan)  # every process refuses another plan's folder
   mine = [c for c in range(plan.num_chunks) if c % n == p]
   todo = [c for c in mine if read_chunk(chunk_path(out_dir, c)) is None]
   total = sum(len(plan.chunk_indices(c)) for c in todo)
@@ -173,7 +180,7 @@ def generate(dp_sampler: DataParallelSampler, plan: Plan, out_dir: str, *, progr
   for c in todo:
     indices = plan.chunk_indices(c)
     images = dp_sampler.sample(plan, indices)
-    os.makedirs(out_dir, exist_ok=True)
+    _record_plan(out_dir, plan)  # with the first chunk: a plan refused by the sampler leaves no trace
     _write_chunk(chunk_path(out_dir, c), images=images, labels=plan.labels(indices), indices=indices)
     bar.update(len(indices))
     bar.set_postfix_str(f'{bar.n / max(time.perf_counter() - start, 1e-9):.1f} img/s')

@@ -95,7 +95,9 @@ def feature_stats(features_ND: np.ndarray) -> GaussianStats:
 
 def frechet_distance(a: GaussianStats | np.ndarray, b: GaussianStats | np.ndarray,
                      eps: float = 1e-6) -> float:
-  """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)); each side stats or (N, D) features."""
+  """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)); each side stats or (N, D) features.
+
+  A distance: rounding below 0 (identical sets give about -1e-13) is clamped to 0."""
   a = a if isinstance(a, GaussianStats) else feature_stats(a)
   b = b if isinstance(b, GaussianStats) else feature_stats(b)
   if a.dim != b.dim:
@@ -115,7 +117,7 @@ def frechet_distance(a: GaussianStats | np.ndarray, b: GaussianStats | np.ndarra
                        f'{np.max(np.abs(covmean.imag)):.3g}; is each sigma a valid covariance?')
     covmean = covmean.real
   diff = a.mu_D.astype(np.float64) - b.mu_D.astype(np.float64)
-  return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean))
+  return max(float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean)), 0.0)
 
 
 def inception_score(probs_NK: np.ndarray, splits: int = 10) -> tuple[float, float]:

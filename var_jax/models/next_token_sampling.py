@@ -42,12 +42,7 @@ class Sampler:
   """
 
   def __init__(self, model: next_token_lib.NextToken, vae_model: Any):
-    if tuple(model.patch_nums) != tuple(vae_model.patch_nums):
-      raise ValueError(f'next-token patch_nums {tuple(model.patch_nums)} != tokenizer patch_nums '
-                       f'{tuple(vae_model.patch_nums)}')
-    if model.vocab_size != vae_model.vocab_size:
-      raise ValueError(f'next-token vocab_size={model.vocab_size} != tokenizer vocab_size='
-                       f'{vae_model.vocab_size}')
+    sampling.check_fits(model, vae_model, (('patch_nums', 'patch_nums'), ('vocab_size', 'vocab_size')))
     # The token loop's position is traced; remat takes it as static, and changes no parameter.
     self.model, self.vae = model.clone(remat_policy='none'), vae_model
     self.patch_nums = tuple(model.patch_nums)
@@ -89,14 +84,7 @@ class Sampler:
 
   def __call__(self, params, vae_params, label_B, rng, cfg: float = 1.5, top_k: int = 0,
                top_p: float = 0.0, more_smooth: bool = False, temperature: float = 1.0):
-    if cfg < 0:
-      raise ValueError(f'cfg must be >= 0, got {cfg}')
-    if not 0 <= top_k <= self.model.vocab_size:
-      raise ValueError(f'top_k must be in [0, {self.model.vocab_size}], got {top_k}')
-    if not 0.0 <= top_p < 1.0:
-      raise ValueError(f'top_p must be in [0, 1), got {top_p}')
-    if not temperature > 0:
-      raise ValueError(f'temperature must be > 0, got {temperature}')
+    sampling.check_knobs(cfg, top_k, top_p, temperature, vocab_size=self.model.vocab_size)
     if more_smooth:
       raise ValueError('more_smooth is a next-scale (VAR) visualisation mode; the next-token sampler '
                        'has none')

@@ -15,6 +15,7 @@ replace the sampled ones before f_hat is updated. That is the official zero-shot
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
 from var_jax.models import var as var_lib
 
 
@@ -42,6 +44,36 @@ def filter_top_k_top_p(logits_BlV, top_k, top_p):
   drop_sorted = jnp.logical_or(drop_sorted, drop_top_k)
   drop_BlV = jnp.take_along_axis(drop_sorted, jnp.argsort(order_BlV, axis=-1), axis=-1)
   return jnp.where(drop_BlV, -jnp.inf, logits_BlV)
+
+
+def check_knobs(cfg: float, top_k: int, top_p: float, temperature: float = 1.0,
+                vocab_size: int | None = None) -> None:
+  """ValueError naming the first sampling knob out of range (NaN and inf included); top_k's upper bound is
+  checked when `vocab_size` is given."""
+  if not (math.isfinite(cfg) and cfg >= 0):
+    raise ValueError(f'cfg must be >= 0 and finite, got {cfg}')
+  if not 0 <= top_k <= (math.inf if vocab_size is None else vocab_size):
+    raise ValueError(f'top_k must be in [0, {vocab_size or "vocabulary size"}] (0 = off), got {top_k}')
+  if not 0.0 <= top_p < 1.0:
+    raise ValueError(f'top_p must be in [0, 1) (0 = off), got {top_p}')
+  if not (math.isfinite(temperature) and temperature > 0):
+    raise ValueError(f'temperature must be > 0 and finite, got {temperature}')
+
+
+def _values(obj: Any, names: tuple[str, ...]) -> tuple:
+  return tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in (getattr(obj, n) for n in names))
+
+
+def check_fits(model: Any, vae_model: Any, pairs: tuple[tuple[str, str], ...]) -> None:
+  """errors.WeightsError naming both sides' values where a generator and its tokenizer do not fit each other.
+
+  pairs: (model attribute, tokenizer attribute) pairs that must be equal."""
+  names, vae_names = zip(*pairs)
+  want, have = _values(model, names), _values(vae_model, vae_names)
+  if want != have:
+    kind = type(model).__name__
+    raise errors.WeightsError(f'the {kind} and the tokenizer do not fit each other: {kind} '
+                              f'({", ".join(names)})={want} but tokenizer ({", ".join(vae_names)})={have}')
 
 
 # Logical axes of a KV cache buffer (var.VAR.kv_cache_shape).
@@ -84,12 +116,8 @@ class Sampler:
   """
 
   def __init__(self, var_model: var_lib.VAR, vae_model: Any):
-    if tuple(var_model.patch_nums) != tuple(vae_model.patch_nums):
-      raise ValueError(f'VAR patch_nums {tuple(var_model.patch_nums)} != tokenizer patch_nums '
-                       f'{tuple(vae_model.patch_nums)}')
-    if (var_model.vocab_size, var_model.cvae) != (vae_model.vocab_size, vae_model.z_channels):
-      raise ValueError(f'VAR (vocab_size, cvae)=({var_model.vocab_size}, {var_model.cvae}) != tokenizer '
-                       f'(vocab_size, z_channels)=({vae_model.vocab_size}, {vae_model.z_channels})')
+    check_fits(var_model, vae_model, (('patch_nums', 'patch_nums'), ('vocab_size', 'vocab_size'),
+                                      ('cvae', 'z_channels')))
     self.var, self.vae = var_model, vae_model
     self.patch_nums = tuple(var_model.patch_nums)
     self._begin = jax.jit(self._begin_fn)
@@ -162,12 +190,7 @@ class Sampler:
 
   def __call__(self, var_params, vae_params, label_B, rng, cfg: float = 1.5, top_k: int = 0,
                top_p: float = 0.0, more_smooth: bool = False, forced=None):
-    if cfg < 0:
-      raise ValueError(f'cfg must be >= 0, got {cfg}')
-    if not 0 <= top_k <= self.var.vocab_size:
-      raise ValueError(f'top_k must be in [0, {self.var.vocab_size}], got {top_k}')
-    if not 0.0 <= top_p < 1.0:
-      raise ValueError(f'top_p must be in [0, 1), got {top_p}')
+    check_knobs(cfg, top_k, top_p, vocab_size=self.var.vocab_size)
     label_B = np.asarray(label_B)
     if label_B.ndim != 1 or not label_B.size:
       raise ValueError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')

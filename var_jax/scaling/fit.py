@@ -17,6 +17,7 @@ import csv
 import itertools
 import math
 import os
+import sys
 import time
 import warnings
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -31,6 +32,7 @@ X_COLUMNS = ('params', 'flops', 'tokens')
 # Statuses that the sweep runner writes for finished runs; rows without a status column count as finished.
 OK_STATUSES = ('', 'done')
 HUBER_DELTA = 1e-3
+_MAX_LOG = 700.0  # exp() of more overflows float64
 # Hoffmann et al. (2022) initialisation grid over (a, b, e, alpha, beta): 6 * 6 * 5 * 5 * 5 = 4500 starts.
 CHINCHILLA_GRID = (np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5),
                    np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))
@@ -54,6 +56,8 @@ def load_table(path: str, rename: Optional[Mapping[str, str]] = None) -> dict[st
     path = os.path.join(path, 'results.csv')
     if not os.path.exists(path):
       raise errors.ConfigError(f'{path} not found; write it with `python -m var_jax.sweep --aggregate_only`')
+  if not os.path.isfile(path):
+    raise errors.ConfigError(f'{path}: no such file (a results.csv or a sweep folder holding one)')
   with open(path, newline='') as f:
     rows = list(csv.DictReader(f))
   if not rows:
@@ -142,7 +146,11 @@ def _power_lsq(log_x: np.ndarray, log_y: np.ndarray) -> dict[str, float]:
   if np.ptp(log_x) == 0:
     raise errors.ConfigError('power law needs at least two distinct x values')
   alpha, intercept = np.polyfit(log_x, log_y, 1)
-  return dict(alpha=float(alpha), beta=float(np.exp(intercept / alpha)))
+  log_beta = intercept / alpha if alpha else math.inf
+  if not abs(log_beta) < _MAX_LOG:
+    raise errors.ConfigError(f'power law: the loss is flat in x (slope {alpha:.3g}): beta = exp({log_beta:.3g}) '
+                             'is out of range')
+  return dict(alpha=float(alpha), beta=math.exp(log_beta))
 
 
 def fit_power(x: np.ndarray, y: np.ndarray, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -409,3 +417,11 @@ def fit_table(table: Mapping[str, Sequence[Any]], law: str, x: str = 'params', y
         cols = usable_columns(table, ['flops', y])
     out['frontier'] = fit_frontier(cols['flops'], cols[y], n_bootstrap, seed)
   return out
+
+
+
+
+if __name__ == '__main__':  # a library: say which command to run instead of doing nothing
+  print('var-fit: error: var_jax.scaling.fit is a library; run `python -m var_jax.fit --input=... --out=...`',
+        file=sys.stderr)
+  sys.exit(errors.ConfigError.exit_code)

@@ -86,14 +86,14 @@ def _set(cfg: ml_collections.ConfigDict, key: str, value: Any) -> None:
   node = cfg
   for i, part in enumerate(parents):
     if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-      raise ValueError(f'sweep: unknown config key {key!r} ({".".join(parents[:i + 1])!r} is not a group)')
+      raise errors.ConfigError(f'sweep: unknown config key {key!r} ({".".join(parents[:i + 1])!r} is not a group)')
     node = node[part]
   if leaf not in node:
-    raise ValueError(f'sweep: unknown config key {key!r}')
+    raise errors.ConfigError(f'sweep: unknown config key {key!r}')
   try:
     node[leaf] = tuple(value) if isinstance(value, list) else value
   except TypeError as e:
-    raise ValueError(f'sweep: bad value {value!r} for {key!r}: {e}') from None
+    raise errors.ConfigError(f'sweep: bad value {value!r} for {key!r}: {e}') from None
 
 
 def _task(cfg: ml_collections.ConfigDict):
@@ -111,10 +111,10 @@ def _steps_for_budget(cfg: ml_collections.ConfigDict, kind: str, amount: float,
       'epochs': lambda: amount * images_per_epoch,
   }[kind]
   if kind == 'epochs' and not images_per_epoch:
-    raise ValueError('sweep: an `epochs` budget needs `images_per_epoch` in the sweep file')
+    raise errors.ConfigError('sweep: an `epochs` budget needs `images_per_epoch` in the sweep file')
   steps = round(images() / cfg.batch_size)
   if steps < 1:
-    raise ValueError(f'sweep: {kind}={amount:g} is less than one step of batch_size={cfg.batch_size}')
+    raise errors.ConfigError(f'sweep: {kind}={amount:g} is less than one step of batch_size={cfg.batch_size}')
   return int(steps)
 
 
@@ -130,11 +130,11 @@ def run_id(cfg: ml_collections.ConfigDict) -> str:
 def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
   """The runs of a sweep file's config (see the module docstring), in axes order, duplicates removed."""
   if 'base' not in sweep:
-    raise ValueError('sweep: the sweep config needs a `base` training config')
+    raise errors.ConfigError('sweep: the sweep config needs a `base` training config')
   axes = [tuple(a) for a in sweep.get('axes') or ()]
   for axis in axes:
     if len(axis) != 2 or isinstance(axis[1], (str, bytes)) or not isinstance(axis[1], Iterable):
-      raise ValueError(f'sweep: each axis must be (key, [values]), got {axis!r}')
+      raise errors.ConfigError(f'sweep: each axis must be (key, [values]), got {axis!r}')
   points = list(sweep.get('runs') or [{}])
   derived = list(sweep.get('derived') or ())
   images_per_epoch = sweep.get('images_per_epoch')
@@ -146,7 +146,7 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
       cfg = ml_collections.ConfigDict(sweep.base.to_dict())
       budget = {k: settings.pop(k) for k in BUDGET_KEYS if k in settings}
       if len(budget) > 1:
-        raise ValueError(f'sweep: set one data budget per run, got {sorted(budget)}')
+        raise errors.ConfigError(f'sweep: set one data budget per run, got {sorted(budget)}')
       for key, value in settings.items():
         _set(cfg, key, value)
       for kind, amount in budget.items():
@@ -359,6 +359,15 @@ def summary_line(rows: Sequence[Mapping[str, Any]]) -> str:
   return 'sweep: ' + ', '.join(f'{n} {s}' for s, n in counts.items() if n) + f' ({len(rows)} runs)'
 
 
+def check_finished(rows: Sequence[Mapping[str, Any]]) -> None:
+  """errors.RunsFailedError naming the runs of `rows` recorded as failed or diverged."""
+  bad = [f'{r["run_id"]} ({r["status"]})' for r in rows if r['status'] in ('failed', 'diverged')]
+  if bad:
+    shown = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+    raise errors.RunsFailedError(f'{len(bad)} of {len(rows)} runs did not finish: {shown}; their errors are in '
+                                 'results.csv and each run\'s train.log (rerun with --retry_failed)')
+
+
 def launch(sweep: Optional[ml_collections.ConfigDict], root: str, launcher: str = 'local',
            aggregate_only: bool = False, retry_failed: bool = False, sbatch_args: str = '',
            report: bool = True, out: TextIO = sys.stdout) -> list[dict[str, Any]]:
@@ -369,11 +378,11 @@ def launch(sweep: Optional[ml_collections.ConfigDict], root: str, launcher: str 
       'slurm': lambda r: submit_slurm(root, r, sbatch_args, retry_failed, out),
   }
   if launcher not in launchers:
-    raise ValueError(f'--launcher must be one of {sorted(launchers)}, got {launcher!r}')
+    raise errors.ConfigError(f'--launcher must be one of {sorted(launchers)}, got {launcher!r}')
   os.makedirs(root, exist_ok=True)
   if not aggregate_only:
     if sweep is None:
-      raise ValueError('--config (a sweep file) is needed unless --aggregate_only')
+      raise errors.ConfigError('--config (a sweep file) is needed unless --aggregate_only')
     runs = expand(sweep)
     for run in runs:
       write_run_files(root, run)

@@ -17,7 +17,7 @@ from var_jax import errors
 from var_jax.train import distributed
 
 PROG = 'var-train'
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file (get_config).')
+config_flags.DEFINE_config_file('config', None, 'Experiment config file (get_config).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (resumes if it holds checkpoints).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
@@ -33,12 +33,13 @@ class _QuietOrbax(py_logging.Filter):
 
 def main(argv):
   cli.no_positional(argv)
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise errors.ConfigError('--config and --workdir are required')
+  if _WORKDIR.value is None:
+    raise errors.ConfigError('--workdir is required')
+  config = cli.config_file('config')
   logging.get_absl_handler().addFilter(_QuietOrbax())
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from var_jax.train import loop  # pylint: disable=g-import-not-at-top
-  summary = loop.train(_CONFIG.value, _WORKDIR.value)
+  summary = loop.train(config, _WORKDIR.value)
   if summary.get('preempted'):
     logging.warning('stopped early at step %d (preempted); rerun the same command to resume', summary['step'])
 

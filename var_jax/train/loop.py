@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from var_jax import errors
+from var_jax import paths
 from var_jax.train import checkpoint as checkpoint_lib
 from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
@@ -196,7 +197,7 @@ def _train(config, workdir, devices, stop, resources) -> dict:
   devices = list(jax.devices() if devices is None else devices)
   cfg = config_lib.resolve(config, len(devices), jax.process_count())
   is_main = jax.process_index() == 0
-  workdir_lib.check_usable(workdir)
+  paths.check_folder(workdir, '--workdir')
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.claim(workdir)
   if lock is not None:

@@ -193,19 +193,6 @@ def holder(workdir: str) -> dict | None:
   return None
 
 
-def check_usable(workdir: str) -> None:
-  """ConfigError unless `workdir` is (or can be made) a writable folder; creates nothing."""
-  existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if existing == os.path.abspath(workdir) and not os.path.isdir(existing):
-    raise errors.ConfigError(f'--workdir: {workdir} exists and is not a folder')
-  if not os.path.isdir(existing):
-    raise errors.ConfigError(f'--workdir: {workdir} cannot be made: {existing} is not a folder')
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise errors.ConfigError(f'--workdir: {existing} is not writable')
-
-
 def claim(workdir: str) -> Lock | None:
   """Process 0 takes the lock; every process raises WorkdirBusyError when it is held elsewhere."""
   lock, busy = None, None
