@@ -17,9 +17,9 @@ PATCH_NUMS = (1, 2, 4, 8)
 # (depth, width): 33K, 107K, 182K, 389K, 971K and 1.96M parameters with vocab 256.
 SIZES = ((1, 32), (1, 64), (2, 64), (2, 96), (3, 128), (4, 160))
 SETTINGS = {'full': dict(sizes=SIZES, steps=300, batch_size=16, warmup=20, eval_every=300, eval_batches=8,
-                         eval_batch=128),
+                         eval_batch=128, steps_per_call=25),
             'tiny': dict(sizes=SIZES[:2], steps=4, batch_size=8, warmup=1, eval_every=2, eval_batches=2,
-                         eval_batch=8)}
+                         eval_batch=8, steps_per_call=2)}
 
 
 def peak_lr(cfg):
@@ -42,6 +42,7 @@ def get_config(arg=None):
   base.mesh.update(dict(data=-1, fsdp=1, tensor=1))
   base.checkpoint.update(dict(every_steps=s['steps'], keep=1))
   base.log.every_steps = 25
+  base.train.steps_per_call = s['steps_per_call']  # small models: one dispatch per 25 steps
   base.eval.update(dict(every_steps=s['eval_every'], batches=s['eval_batches'], batch_size=s['eval_batch']))
   base.data.update(dict(name='synthetic_shapes', image_size=16, num_train=2048, num_eval=256, num_threads=1,
                         prefetch=1, worker_count=0, synthetic_style='plain', max_shapes=1))

@@ -1,14 +1,17 @@
-"""Shared test set-up: 8 fake CPU devices for sharding tests, and the parity fixtures when present."""
+"""Shared test set-up: 8 fake CPU devices for sharding tests, one compilation cache for the suite and the
+processes it starts (REPO/.jax_cache, kept between sessions), and the parity fixtures when present."""
 import os
 import pathlib
 
+from var_jax import compilation_cache  # imports no jax
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 # Must happen before jax is first imported anywhere in the test session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.update(compilation_cache.env(REPO / ".jax_cache"))
 
 import pytest  # noqa: E402
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("VAR_JAX_SHARED", REPO.parent / "shared"))
 PARITY = SHARED / "parity"
 

@@ -35,6 +35,9 @@ def test_report_has_every_stage_runs_fits_plots_and_samples(tiny_demo):
   assert all(t['seconds'] > 0 for t in timings.values())
   for stage in timings:
     assert re.search(rf'^\| {stage} \| .* \| \d+\.\d \|$', report, re.M), stage
+  flops = sum(float(r['flops']) for r in demo.results(out / 'sweep'))
+  gflops = re.search(r'Sweep throughput .*: \*\*(\S+) GFLOP/s\*\*', report, re.M).group(1)
+  assert float(gflops) == pytest.approx(flops / timings['sweep']['seconds'] / 1e9, rel=5e-3)
   fit_rows = re.findall(r'^\| (params|flops) \| (loss|loss_last_scale) \| (\S+) \| \[(\S+), (\S+)\] \| (\S+) \|'
                         r' .* \| (\S+) \|$', report, re.M)
   assert {(x, y) for x, y, *_ in fit_rows} >= {('params', 'loss'), ('flops', 'loss')}

@@ -72,7 +72,7 @@ def test_params_and_optimizer_state_are_created_sharded(sharded_222):
   assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state.frozen))
 
 
-def test_same_losses_on_every_mesh(sharded_222, image_cfg, batches):
+def test_same_losses_on_every_mesh_and_in_one_call(sharded_222, image_cfg, batches):
   host_state = jax.device_get(sharded_222[1])
   losses = {}
   for mesh in MESHES:
@@ -83,6 +83,9 @@ def test_same_losses_on_every_mesh(sharded_222, image_cfg, batches):
       state, metrics = engine.train_step(state, engine.global_batch(batch))
       run.append(float(metrics['loss']))
     losses[mesh] = run
+  # The last mesh again, its steps in one call (train.steps_per_call = 3): batches stacked, rows still sharded.
+  state = jax.device_put(host_state, engine.state_shardings)
+  losses['one call'] = engine.train_steps(state, engine.stacked_batch(batches))[1]['loss']
   reference = np.array(losses[(1, 1, 1)])
   assert np.all(np.isfinite(reference)) and reference[0] > reference[-1]  # it trains
   for mesh, run in losses.items():
@@ -124,6 +127,8 @@ def test_logged_flops_match_xla_count(depth):
     (dict(optim=dict(schedule='linear')), r"optim.schedule='linear'; expected one of"),
     (dict(model=dict(depth=0)), r'config: model\.depth=0 must be a positive integer'),
     (dict(eval=dict(batches=0)), r'config: eval\.batches=0 must be positive'),
+    (dict(train=dict(steps_per_call=4)), r'config: checkpoint\.every_steps=10 must be a multiple of '
+                                          r'train\.steps_per_call=4'),
 ])
 def test_bad_config_one_line_errors(override, message):
   cfg = smoke_config('tokens').to_dict()

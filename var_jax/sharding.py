@@ -110,9 +110,9 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
       lambda x: jax.make_array_from_callback(np.shape(x), repl, lambda idx: np.asarray(x)[idx]), tree)
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-  """Leading dimension over data x fsdp, the rest replicated."""
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int = 1, stacked: bool = False) -> NamedSharding:
+  """Leading dimension over data x fsdp, the rest replicated; `stacked`: a whole step axis comes first."""
+  return NamedSharding(mesh, PartitionSpec(*([None] if stacked else []), BATCH_AXES, *([None] * (ndim - 1))))
 
 
 def data_parallel_size(mesh: Mesh) -> int:

@@ -81,6 +81,12 @@ def _fd_fits(quality: dict, rows: list[dict], report_dir: pathlib.Path) -> tuple
   return fits, pngs
 
 
+def sweep_gflops(rows: list[dict], timings: dict[str, dict]) -> float | None:
+  """The sweep stage's throughput: its runs' training FLOPs over its wall time, in GFLOP/s."""
+  seconds = timings.get('sweep', {}).get('seconds')
+  return sum(float(r['flops']) for r in rows) / seconds / 1e9 if seconds else None
+
+
 def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> pathlib.Path:
   sweep, samples = out / 'sweep', out / 'samples'
   report_dir = sweep / 'report'
@@ -96,6 +102,7 @@ def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> path
   fds = [by_run[r['run_id']]['fd'] for r in rows if r['run_id'] in by_run]
   largest = by_run.get(quality['largest'], {})
   total = sum(t['seconds'] for t in timings.values())
+  gflops = sweep_gflops(rows, timings)
   classes = quality['class_names']
   shapes = 'one shape' if data['max_shapes'] == 1 else f'1 to {data["max_shapes"]} shapes'
   recon = _zoomed(out / 'tokenizer' / 'recon_grid.png', out / 'tokenizer' / 'recon_grid_zoom.png')
@@ -114,6 +121,7 @@ def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> path
       '## Stages', '', '| stage | what | wall time (s) |', '| --- | --- | --- |',
       *[f'| {name} | {t["what"]} | {t["seconds"]:.1f} |' for name, t in timings.items()],
       f'| total | | {total:.1f} |', '',
+      f'Sweep throughput (its runs\' training FLOPs / its wall time): **{_fmt(gflops, 3)} GFLOP/s**.', '',
       '## Tokenizer', '',
       f'Held-out reconstruction from all scales: PSNR **{tok["psnr"]:.2f} dB**, SSIM **{tok["ssim"]:.3f}**. '
       'Top row: inputs; then the reconstructions from the first 1, 2, ... scales.', '',
@@ -149,7 +157,7 @@ def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> path
   path = out / 'report.md'
   path.write_text('\n'.join(lines) + '\n')
   (out / 'report.json').write_text(json.dumps(dict(
-      timings=timings, tokenizer=dict(psnr=tok['psnr'], ssim=tok['ssim']), quality=quality,
+      timings=timings, sweep_gflops=gflops, tokenizer=dict(psnr=tok['psnr'], ssim=tok['ssim']), quality=quality,
       fits={k: {m: v[m] for m in ('alpha', 'beta', 'r')} for k, v in fits.items() if k.startswith('power_')},
       runs=[dict(run_id=r['run_id'], params=float(r['params']), flops=float(r['flops']), loss=float(r['loss']))
             for r in rows]), indent=1))

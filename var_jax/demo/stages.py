@@ -1,5 +1,6 @@
 """The demo's stages and how they run: one subprocess each, its output in OUT/logs/STAGE.log.
 
+Every stage compiles through one persistent compilation cache, OUT/.jax_cache (`var_jax.compilation_cache`).
 The console gets one line when a stage starts, a progress bar while a long one runs (read from its log or its
 runs' logs), and the stage's headline figures when it ends. Nothing the subprocesses print reaches it.
 """
@@ -15,6 +16,8 @@ import time
 from typing import Callable, Optional, Sequence
 
 import tqdm
+
+from var_jax import compilation_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POLL_S = 0.5
@@ -104,8 +107,9 @@ def _watch(proc: subprocess.Popen, stage: Stage, log_path: pathlib.Path) -> int:
   return proc.returncode
 
 
-def run_stage(stage: Stage, log_dir: pathlib.Path) -> tuple[float, bool]:
-  """Runs one stage with its output in its log; returns (seconds, reused)."""
+def run_stage(stage: Stage, log_dir: pathlib.Path, cache_dir: pathlib.Path) -> tuple[float, bool]:
+  """Runs one stage with its output in its log and its compilations cached in `cache_dir`; returns (seconds,
+  reused)."""
   if stage.done():
     _console(f'{stage.name}: reusing earlier output')
     return 0.0, True
@@ -117,7 +121,8 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> tuple[float, bool]:
   with open(log_path, 'w') as log:
     log.write('$ ' + ' '.join(argv) + '\n')
     log.flush()
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **QUIET_ENV})
+    env = {**os.environ, **QUIET_ENV, **compilation_cache.env(cache_dir)}
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
       rc = _watch(proc, stage, log_path)
     except KeyboardInterrupt:
@@ -140,7 +145,7 @@ def run_stages(stages: Sequence[Stage], out: pathlib.Path) -> dict[str, dict]:
   timings_path = out / 'timings.json'
   timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
   for stage in stages:
-    seconds, reused = run_stage(stage, out / 'logs')
+    seconds, reused = run_stage(stage, out / 'logs', out / '.jax_cache')
     if not reused:
       timings[stage.name] = {'what': stage.what, 'seconds': round(seconds, 1)}
       timings_path.write_text(json.dumps(timings, indent=1))

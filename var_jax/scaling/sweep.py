@@ -16,6 +16,8 @@ Besides config keys, axes and runs may set a data budget that fixes `steps` from
 `tokens`, `images`, `epochs`, or `flops` (analytic training FLOPs of the run's model, var_jax.flops;
 an IsoFLOP sweep crosses `flops` with `model.depth`).
 
+Local runs share a persistent compilation cache, ROOT/.jax_cache (`var_jax.compilation_cache`; a
+JAX_COMPILATION_CACHE_DIR set by the user wins), so a run compiles only what no earlier run of that shape did.
 Each run has a stable id, '<prefix>-s<steps>-<hash>' (prefix from its task, e.g. `d{depth}`; hash of its
 config), and a folder ROOT/<run_id> holding run_config.json (the config), run_config.py (what `var_jax.train
 --config=` loads), train.log, the trainer's own outputs, and ERROR when the run failed. A run's status comes
@@ -39,6 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TextIO
 
 import ml_collections
 
+from var_jax import compilation_cache
 from var_jax import errors
 from var_jax.scaling import evaluation
 from var_jax.scaling import runs as runs_lib
@@ -48,6 +51,7 @@ from var_jax.train import workdir as workdir_lib
 
 BUDGET_KEYS = ('tokens', 'images', 'epochs', 'flops')
 RUN_CONFIG_JSON, RUN_CONFIG_PY, LOG = 'run_config.json', 'run_config.py', 'train.log'
+CACHE_DIR = '.jax_cache'  # under ROOT
 # A command (shell words) that replaces `python -m var_jax.train` for every run, to hand runs to a launcher
 # (each launcher takes the command after `--`): `launch/local.sh 2 -- python -m var_jax.train`, or
 # `launch/tpu_pod.sh --tpu NAME --zone ZONE -- python -m var_jax.train`. The sweep appends --config, --workdir.
@@ -214,6 +218,7 @@ def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: T
   print(f'sweep: {len(runs)} runs, {done_before} already finished or failed, {len(todo)} to run', file=out,
         flush=True)
   start = time.time()
+  env = {**os.environ, **compilation_cache.env(os.path.join(os.path.abspath(root), CACHE_DIR))}
   for k, run in enumerate(todo):
     if _live(os.path.join(root, run.run_id)):
       holder = workdir_lib.describe(workdir_lib.holder(os.path.join(root, run.run_id)))
@@ -233,7 +238,7 @@ def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: T
     with open(log_path, 'a') as log:
       log.write(f'$ {shlex.join(trainer_command(run_dir))}\n')
       log.flush()
-      proc = subprocess.Popen(trainer_command(run_dir), stdout=log, stderr=subprocess.STDOUT)
+      proc = subprocess.Popen(trainer_command(run_dir), stdout=log, stderr=subprocess.STDOUT, env=env)
       try:
         rc = proc.wait()
       except KeyboardInterrupt:

@@ -51,6 +51,8 @@ def common_config() -> ml_collections.ConfigDict:
       final_lr_frac=0.01,        # lr at the last step as a fraction of the peak (official wpe)
       grad_clip=2.0))            # <= 0 disables clipping
 
+  c.train = ml_collections.ConfigDict(dict(
+      steps_per_call=1))  # optimizer steps per compiled call (k): eval and checkpoint intervals are multiples of k
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding = ml_collections.ConfigDict(dict(
       rules=_placeholder(tuple),   # None: var_jax.sharding.DEFAULT_RULES
@@ -164,6 +166,11 @@ def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collect
   _check_optim(o)
   for group in ('checkpoint', 'log', 'eval'):
     _check(c[group].every_steps > 0, f'{group}.every_steps must be positive, got {c[group].every_steps}')
+  k = c.train.steps_per_call
+  _check(isinstance(k, int) and k > 0, f'train.steps_per_call={k} must be a positive integer')
+  for group in ('checkpoint', 'eval'):
+    _check(c[group].every_steps % k == 0, f'{group}.every_steps={c[group].every_steps} must be a multiple of '
+           f'train.steps_per_call={k} (state exists only between calls)')
   _check(c.checkpoint.keep > 0, f'checkpoint.keep must be positive, got {c.checkpoint.keep}')
   _check(c.eval.batches > 0, f'eval.batches={c.eval.batches} must be positive')
   tasks.get(c.task).resolve(c)

@@ -3,7 +3,8 @@
 Everything that touches a mesh is here, so the loop, the benchmark and the tests share one code path for every
 task. The state's shardings come from the task's logical axis names and the config's rules; params and
 optimizer state are created already sharded (`jax.jit(init, out_shardings=...)`); the train step is compiled
-once with explicit in/out shardings and the state donated.
+once with explicit in/out shardings and the state donated. `train_steps` runs several steps in one compiled call
+(a `lax.scan` over global batches stacked on a leading step axis), so small models do not pay a dispatch per step.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Engine:
     self.sizes = task_cls.sizes(config)
     self.replicated = sharding.replicated(self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.stacked_batch_sharding = sharding.batch_sharding(self.mesh, stacked=True)
     self._frozen_host = self.task.frozen()
     with self._in_mesh():
       self.state_shardings = sharding.logical_shardings(
@@ -90,6 +92,22 @@ class Engine:
     with self._in_mesh():
       return jitted.lower(state, batch, self.rng_data)
 
+  def _train_steps_fn(self, state, batch_N, rng_data):
+    return jax.lax.scan(lambda s, batch: self._train_fn(s, batch, rng_data), state, batch_N)
+
+  def train_steps(self, state, batch_N):
+    """(new state, metrics stacked [N]) after N steps over global batches stacked on a leading axis (see
+    `stacked_batch`); one compiled call per N. `state` is donated."""
+    n = jax.tree.leaves(batch_N)[0].shape[0]
+
+    def lower():
+      jitted = jax.jit(self._train_steps_fn,
+                       in_shardings=(self.state_shardings, self.stacked_batch_sharding, self.replicated),
+                       out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+      with self._in_mesh():
+        return jitted.lower(state, batch_N, self.rng_data)
+    return self._compile(f'train_steps{n}', lower)(state, batch_N, self.rng_data)
+
   def _compile(self, name, lower):
     if name not in self._compiled:
       self._compiled[name] = lower().compile()
@@ -120,6 +138,12 @@ class Engine:
     """This process's rows -> global arrays split over data x fsdp."""
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
             for k, v in local.items()}
+
+  def stacked_batch(self, local_batches: list[dict]) -> dict:
+    """N of this process's batches -> global arrays [N, B, ...]: the step axis whole, rows over data x fsdp."""
+    return {k: jax.make_array_from_process_local_data(self.stacked_batch_sharding,
+                                                      np.stack([np.asarray(b[k]) for b in local_batches]))
+            for k in local_batches[0]}
 
   def batches(self, split: str):
     """This process's batch iterator for 'train' or 'eval' (get_state/set_state for resuming)."""

@@ -1,5 +1,9 @@
 """The training loop: resume, train, evaluate, log and checkpoint until `config.steps`.
 
+Steps run `train.steps_per_call` (k) to a compiled call, over k batches drawn in order, so the data and the
+losses are those of k = 1. Evaluation, checkpoints and preemption act between calls, which end on multiples of
+k (and at `steps`); every logged step still gets its own record.
+
 Workdir layout: `LOCK` (the one writer, `var_jax.train.workdir`), `config.json` (resolved config; a resumed
 run may change only `workdir.MAY_CHANGE`), `init.json` (what a fine-tuning run started from, when it did),
 `metrics.jsonl` (one JSON per
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -86,14 +89,22 @@ def _scalars(metrics: dict) -> dict:
   return {k: float(v) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
 
 
-def _check_finite(metrics: dict, step: int, last_saved: int | None) -> None:
-  values = jax.device_get({k: metrics[k] for k in ('loss', 'grad_norm')})
-  if not all(math.isfinite(float(v)) for v in values.values()):
+def _scalars_at(metrics_N: dict, i: int) -> dict:
+  """Step i's scalars of one call's host metrics (stacked [N] over its steps)."""
+  return {k: float(v[i]) for k, v in metrics_N.items() if np.ndim(v) == 1}
+
+
+def _check_finite(metrics_N: dict, first_step: int, last_saved: int | None) -> None:
+  """Raises DivergedError naming the first step of a call (metrics stacked [N]) with a non-finite loss or norm."""
+  values = jax.device_get({k: metrics_N[k] for k in ('loss', 'grad_norm')})
+  bad_N = ~(np.isfinite(values['loss']) & np.isfinite(values['grad_norm']))
+  if bad_N.any():
+    i = int(np.argmax(bad_N))
     kept = ('No checkpoint was written yet' if last_saved is None
             else f'The last good checkpoint is step {last_saved}')
     raise errors.DivergedError(
-        f'non-finite loss={float(values["loss"])} grad_norm={float(values["grad_norm"])} at step {step}; '
-        f'stopping. {kept}')
+        f'non-finite loss={float(values["loss"][i])} grad_norm={float(values["grad_norm"][i])} at step '
+        f'{first_step + i}; stopping. {kept}')
 
 
 def _fmt(value, spec: str) -> str:
@@ -116,7 +127,7 @@ class _StopFlag:
 
   def _handler(self, signum, frame):
     del signum, frame
-    logging.warning('SIGTERM: saving a checkpoint at the end of this step and exiting')
+    logging.warning('SIGTERM: saving a checkpoint at the end of this call and exiting')
     self.raised = True
 
   def restore(self):
@@ -248,40 +259,43 @@ def _train(config, workdir, devices, stop, resources) -> dict:
                 flops_seen=step * engine.flops_per_step)
 
   last_train, last_eval = None, None
-  previous = None  # (step, metrics) of the step before, checked for finiteness one step late
+  previous = None  # (metrics [N], first step) of the call before, checked for finiteness one call late
   t_log, steps_since_log, t_start = time.time(), 0, time.time()
-  step = start
+  k, step = cfg.train.steps_per_call, start
   while step < cfg.steps:
-    state, metrics = engine.train_step(state, engine.global_batch(next(train_batches)))
-    step += 1
-    steps_since_log += 1
+    n = min(k - step % k, cfg.steps - step)  # calls end on multiples of k (eval and checkpoint steps) or the end
+    first = step + 1
+    state, metrics_N = engine.train_steps(state, engine.stacked_batch([next(train_batches) for _ in range(n)]))
+    step += n
+    steps_since_log += n
     if previous is not None:
-      _check_finite(previous[1], previous[0], last_saved)
-    previous = (step, metrics)
-    if step == start + 1:
-      t_log = time.time()  # the first step includes compilation; time from here on
+      _check_finite(*previous, last_saved)
+    previous = (metrics_N, first)
+    if first == start + 1:
+      t_log = time.time()  # the first call includes compilation; time from here on
       steps_since_log = 0
     preempted = stop.raised or ckpt.reached_preemption(step)
     at_end = step == cfg.steps
-    do_log = step % cfg.log.every_steps == 0 or at_end
+    log_steps = [t for t in range(first, step + 1) if t % cfg.log.every_steps == 0 or t == cfg.steps]
     do_eval = step % cfg.eval.every_steps == 0 or at_end
     do_save = step % cfg.checkpoint.every_steps == 0 or at_end or preempted
-    if do_log or do_save:
-      _check_finite(metrics, step, last_saved)
-    if do_log:
+    if log_steps or do_save:
+      _check_finite(metrics_N, first, last_saved)
+    if log_steps:
       now = time.time()
-      # None until a step without compilation has been timed.
+      # None until a call without compilation has been timed.
       step_time = (now - t_log) / steps_since_log if steps_since_log else None
       tflops, mfu = (None, None) if step_time is None else perf.throughput(
           engine.flops_per_step, step_time, len(devices), peak)
-      last_train = dict(step=step, split='train', **_scalars(metrics), **static,
-                        **counters(step), step_time_s=step_time, tflops_per_device=tflops,
-                        mfu=mfu)
-      writer.write(last_train)
-      logging.info('step %d/%d | %s | %s s/step | %s TFLOP/s/dev | mfu %s | eta %s', step,
-                   cfg.steps, _figures(last_train, console_keys), _fmt(step_time, '.3f'),
-                   _fmt(tflops, '.3g'), _fmt(mfu, '.3f'),
-                   '?' if step_time is None else _eta(step_time * (cfg.steps - step)))
+      host_N = jax.device_get(metrics_N)
+      for t in log_steps:
+        last_train = dict(step=t, split='train', **_scalars_at(host_N, t - first), **static,
+                          **counters(t), step_time_s=step_time, tflops_per_device=tflops, mfu=mfu)
+        writer.write(last_train)
+        logging.info('step %d/%d | %s | %s s/step | %s TFLOP/s/dev | mfu %s | eta %s', t,
+                     cfg.steps, _figures(last_train, console_keys), _fmt(step_time, '.3f'),
+                     _fmt(tflops, '.3g'), _fmt(mfu, '.3f'),
+                     '?' if step_time is None else _eta(step_time * (cfg.steps - t)))
       t_log, steps_since_log = time.time(), 0
     if do_eval:
       last_eval = dict(step=step, split='eval', **evaluate(engine, state), **static,

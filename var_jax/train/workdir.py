@@ -43,8 +43,8 @@ HEARTBEAT_S, LEASE_S = 10.0, 60.0
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 # Keys a resumed run may change: `prefix.*` covers a whole group.
 MAY_CHANGE = ('steps', 'optim.total_steps', 'log.*', 'eval.every_steps', 'eval.batches', 'checkpoint.every_steps',
-              'checkpoint.keep', 'checkpoint.keep_every', 'checkpoint.async_save', 'mesh.*', 'sharding.*',
-              'data.data_dir', 'data.num_threads', 'data.prefetch', 'data.worker_count')
+              'checkpoint.keep', 'checkpoint.keep_every', 'checkpoint.async_save', 'train.steps_per_call', 'mesh.*',
+              'sharding.*', 'data.data_dir', 'data.num_threads', 'data.prefetch', 'data.worker_count')
 
 
 # ---- the lock -------------------------------------------------------------------------------------------------
