@@ -1,8 +1,9 @@
 """Evaluation-scale sampling and `python -m var_jax.evaluate`: per-index randomness (2 processes x 2 devices
 give 1 device's images), resumption without recomputing chunks, metrics.json, two image folders, one-line errors.
 
-The models are a random tiny VAR and tokenizer (4 px images) saved as a state dict and a tokenizer folder; the
-feature extractor is a tiny jitted function registered by a wrapper script around the real entry point.
+The models are a random tiny VAR and tokenizer (4 px images) saved as a state dict and a tokenizer folder (and a
+one-step training run of that VAR on that tokenizer, for the 2-process evaluation of a run folder); the feature
+extractor is a tiny jitted function registered by a wrapper script around the real entry point.
 """
 import json
 import os
@@ -22,12 +23,15 @@ from scipy import linalg
 
 from var_jax import errors
 from var_jax import evaluate
+from var_jax import sample
 from var_jax.eval import features
 from var_jax.eval import generate
 from var_jax.eval import quality
 from var_jax.models import sampling
 from var_jax.models import tokenizer
 from var_jax.models import var as var_lib
+from var_jax.train import config as config_lib
+from var_jax.train import loop
 from var_jax.weights import state_dict as sd
 from var_jax.weights import var as var_weights
 from var_jax.weights import vqvae
@@ -105,21 +109,36 @@ def saved(tmp_path_factory):
   return dict(root=root, models=(var, var_params, vae, vae_params), model_flags=model_flags, ref_images=ref_images)
 
 
+def _one_step_run(run, tok):
+  """A training run folder of the tiny VAR (one step, from scratch) on the saved tokenizer."""
+  c = config_lib.base_config('var')
+  c.model.update(dict(vocab_size=16, cvae=4, patch_nums=(1, 2), num_classes=CLASSES, depth=1, embed_dim=32,
+                      num_heads=2))
+  c.tokenizer.update(dict(path=str(tok), vocab_size=16, z_channels=4, patch_nums=(1, 2)))
+  c.data.name = 'synthetic_tokens'
+  c.update(dict(steps=1, batch_size=2))
+  c.checkpoint.update(dict(every_steps=1, async_save=False))
+  c.eval.batches = 1
+  loop.train(c, str(run), jax.devices()[:1])
+  return run
+
+
 @pytest.fixture(scope='module')
 def setup(saved):
-  """`saved`, a data-parallel sampler, and the 2-process evaluation started in the background."""
-  root, model_flags = saved['root'], saved['model_flags']
+  """`saved`, a data-parallel sampler, and the 2-process evaluation of the run folder started in the background."""
+  root = saved['root']
+  run = _one_step_run(root / 'run', root / 'tok')
   var, var_params, vae, vae_params = saved['models']
   multi = subprocess.Popen(
       ['bash', str(REPO / 'launch' / 'local.sh'), '--devices', '2', '--port', str(_free_port()), '2', '--',
-       sys.executable, str(root / 'wrapper.py'), *model_flags, f'--num_samples={N}', '--per_class=2',
+       sys.executable, str(root / 'wrapper.py'), f'--workdir={run}', f'--num_samples={N}', '--per_class=2',
        f'--chunk_size={CHUNK}', '--batch_size=4', '--top_k=8', '--top_p=0.9', '--features=tiny',
        f'--reference={root / "ref"}', f'--out={root / "multi"}', f'--adm_npz={root / "multi" / "adm.npz"}',
        '--noprogress'],
       cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   sampler = sampling.make_sampler(var, vae)
   dp = generate.DataParallelSampler(sampler, var_params, vae_params, batch_size=2, devices=jax.devices()[:1])
-  yield dict(saved, dp=dp, multi=multi)
+  yield dict(saved, dp=dp, multi=multi, run=run)
   multi.kill()
 
 
@@ -172,8 +191,12 @@ def test_killed_evaluation_resumes_without_recomputing_chunks(setup, tmp_path):
 
 
 def test_two_processes_of_two_devices_give_one_devices_images_and_metrics(setup, tmp_path):
+  """Of a training run folder (--workdir): every process restores its params (defect: only process 0 did)."""
   plan = _plan()
-  generate.generate(setup['dp'], plan, str(tmp_path), progress=False)
+  var, var_params, vae, vae_params = sample.load_models(workdir=str(setup['run']))
+  dp = generate.DataParallelSampler(sampling.make_sampler(var, vae), var_params, vae_params, batch_size=2,
+                                    devices=jax.devices()[:1])
+  generate.generate(dp, plan, str(tmp_path), progress=False)
   want = _images(tmp_path, plan)
   assert want.shape == (N, 4, 4, 3) and want.dtype == np.uint8 and len(np.unique(want)) > 10
   _, err = setup['multi'].communicate(timeout=600)

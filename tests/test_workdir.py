@@ -180,6 +180,20 @@ def test_more_steps_than_the_schedule_spans_are_refused_and_a_longer_schedule_ex
   assert json.loads((pathlib.Path(run) / 'config.json').read_text())['optim']['total_steps'] == 12
 
 
+def test_a_run_refused_before_it_starts_leaves_the_folder_as_it_found_it(tmp_path):
+  devices = jax.devices()[:1]
+  with pytest.raises(errors.ConfigError, match='none.npz'):
+    loop.train(_tiny(**{'init.path': str(tmp_path / 'none.npz')}), str(tmp_path / 'new'), devices)
+  assert not (tmp_path / 'new').exists()
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'notes.txt').write_text('mine')
+  (run / workdir_lib.CONFIG).write_text(config_lib.resolve(_tiny(**{'model.depth': 2}), 1).to_json())
+  with pytest.raises(errors.ConfigError, match=r'model\.depth \(2 -> 1\)'):
+    loop.train(_tiny(), str(run), devices)
+  assert sorted(p.name for p in run.iterdir()) == [workdir_lib.CONFIG, 'notes.txt']
+
+
 def test_the_trainer_on_a_locked_folder_stops_at_once_naming_the_holder(tmp_path):
   run = tmp_path / 'run'
   run.mkdir()

@@ -8,12 +8,14 @@ inside their own `run()`, so importing them defines none.
 """
 from __future__ import annotations
 
+import logging as py_logging
 import os
 import sys
 from typing import Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from var_jax import errors
 
@@ -22,6 +24,18 @@ def fail(prog: str, message: str, code: int = errors.ConfigError.exit_code) -> N
   """Prints `PROG: error: MESSAGE` (on one line) to stderr and exits with `code`."""
   sys.stderr.write(f'{prog}: error: {" ".join(str(message).split())}\n')
   sys.exit(code)
+
+
+# Libraries whose INFO and WARNING records are chatter on a console (orbax's per-save and read-only notes, TFDS's
+# "custom data configuration"); their errors still show. asyncio's records are leftovers of orbax's threads.
+_CHATTY = ('/orbax/', '/tensorflow_datasets/')
+
+
+def library_chatter(record: py_logging.LogRecord) -> bool:
+  """Whether a log record is library chatter that the console does not show."""
+  if f'{os.sep}asyncio{os.sep}' in record.pathname:
+    return True
+  return record.levelno < py_logging.ERROR and any(part in record.pathname for part in _CHATTY)
 
 
 def _flag_error_line(e: Exception) -> str:
@@ -62,6 +76,7 @@ def run(main: Callable[[list[str]], object], *, prog: str,
     flags.DEFINE_bool('traceback', False, 'Print the full traceback of an error instead of one line.')
 
   def wrapped(argv):
+    logging.get_absl_handler().addFilter(lambda record: not library_chatter(record))
     try:
       return main(argv)
     except errors.VarJaxError as e:

@@ -50,12 +50,13 @@ def sampling_seconds(run_dir: str, *, batch: int = 16, repeats: int = 2, seed: i
 def rows(root: str, *, time_sampling: bool = True) -> list[dict[str, Any]]:
   """One row per finished run of both orderings (COLUMNS)."""
   from var_jax.scaling import runs as runs_lib  # pylint: disable=g-import-not-at-top
-  out = []
-  for order, task in ORDERS:
+  for order, _ in ORDERS:  # both, before any work
     table_path = os.path.join(root, order, 'results.csv')
     if not os.path.exists(table_path):
       raise errors.DataError(f'{table_path}: missing; run the {order} sweep first (experiments/orderings_*.py)')
-    table = fit.load_table(table_path)
+  out = []
+  for order, task in ORDERS:
+    table = fit.load_table(os.path.join(root, order, 'results.csv'))
     for i, run_id in enumerate(table['run_id']):
       if table['status'][i] not in fit.OK_STATUSES:
         continue

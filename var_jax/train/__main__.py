@@ -6,8 +6,6 @@ stderr (`--traceback` for the traceback).
 Multi-process runs: on TPU pods and SLURM `jax.distributed` is configured automatically; elsewhere pass
 --coordinator_address/--num_processes/--process_id (see launch/local.sh).
 """
-import logging as py_logging
-
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -24,19 +22,11 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processe
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Index of this process.')
 
 
-class _QuietOrbax(py_logging.Filter):
-  """Orbax logs every save step at INFO; keep its warnings and errors only."""
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or 'orbax' not in record.pathname
-
-
 def main(argv):
   cli.no_positional(argv)
   if _WORKDIR.value is None:
     raise errors.ConfigError('--workdir is required')
   config = cli.config_file('config')
-  logging.get_absl_handler().addFilter(_QuietOrbax())
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from var_jax.train import loop  # pylint: disable=g-import-not-at-top
   summary = loop.train(config, _WORKDIR.value)

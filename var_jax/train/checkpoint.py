@@ -109,7 +109,8 @@ class Checkpointer:
 
 
 def load_run(workdir: str, step: int | None = None):
-  """(resolved config, task, params, step) of a training run folder, restored on one device.
+  """(resolved config, task, params, step) of a training run folder, restored on this process's first device
+  (so every process of a multi-process command has them).
 
   Reads `config.json` and the orbax checkpoint `step` (default: the newest). The task is built from the
   config (so a VAR run's tokenizer comes from its `tokenizer.path` or seed) and its params are checked against
@@ -124,7 +125,8 @@ def load_run(workdir: str, step: int | None = None):
   ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(ckpt_dir):
     raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
-  manager = ocp.CheckpointManager(ckpt_dir, item_names=(STATE, META),
+  manager = ocp.CheckpointManager(ckpt_dir, item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                                                            META: ocp.JsonCheckpointHandler()},
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   steps = sorted(manager.all_steps())
   if not steps:
@@ -134,8 +136,12 @@ def load_run(workdir: str, step: int | None = None):
     step = steps[-1]
   elif step not in steps:
     raise errors.ConfigError(f'{ckpt_dir}: no step {step}; saved steps are {steps}')
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=device)))
+  # Every process restores its own copy onto its first device, whatever devices the run saved from (the
+  # saved shardings may name devices of another process).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                  manager.item_metadata(step)[STATE])
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   params = restored[STATE]['params']
   bad = _mismatched(param_shapes(task.abstract_params), param_shapes(params))
   if bad:

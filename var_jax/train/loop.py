@@ -198,8 +198,12 @@ def _train(config, workdir, devices, stop, resources) -> dict:
   cfg = config_lib.resolve(config, len(devices), jax.process_count())
   is_main = jax.process_index() == 0
   paths.check_folder(workdir, '--workdir')
+  undo = workdir_lib.SetupUndo(workdir)  # a run refused before it starts leaves the folder as it found it
+  if is_main:
+    resources.push(undo)  # runs last: after the lock is released and the checkpointer closed
   os.makedirs(workdir, exist_ok=True)
   lock = workdir_lib.claim(workdir)
+  undo.arm()
   if lock is not None:
     resources.callback(lock.release)
   done = _reconcile(cfg, config, workdir)
@@ -235,6 +239,7 @@ def _train(config, workdir, devices, stop, resources) -> dict:
     raise errors.ConfigError(f'steps={cfg.steps} is below the step {start} of the newest checkpoint in {ckpt.directory}')
   if is_main:
     _record_start(cfg, workdir)
+  undo.disarm()
 
   writer = MetricsWriter(workdir, is_main)
   resources.callback(writer.close)

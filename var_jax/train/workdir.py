@@ -23,6 +23,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -208,6 +209,37 @@ def claim(workdir: str) -> Lock | None:
   if busy is not None:
     raise busy
   return lock
+
+
+class SetupUndo:
+  """What a run adds to its folder before training starts (the folder itself, LOCK, an empty checkpoints/,
+  init.json), removed again when the run is refused (a `VarJaxError`) while it holds the lock and before it
+  starts: a refused command leaves the folder as it found it. Use as an exit callback (`ExitStack.push`)."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self._before = set(os.listdir(workdir)) if os.path.isdir(workdir) else None
+    self._armed = False
+
+  def arm(self) -> None:
+    """Call once the lock is held (never undo for a run refused because another holds it)."""
+    self._armed = True
+
+  def disarm(self) -> None:
+    """Call once the run has started (its config is recorded): from then on its files are its own."""
+    self._armed = False
+
+  def __call__(self, exc_type, exc, tb) -> bool:
+    del exc_type, tb
+    if not (self._armed and isinstance(exc, errors.VarJaxError) and os.path.isdir(self.workdir)):
+      return False
+    if self._before is None:
+      shutil.rmtree(self.workdir)
+      return False
+    for name in set(os.listdir(self.workdir)) - self._before:
+      path = os.path.join(self.workdir, name)
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return False
 
 
 # ---- the config -----------------------------------------------------------------------------------------------
