@@ -13,7 +13,7 @@ from conftest import REPO
 PACKAGE = REPO / 'var_jax'
 ENTRY_POINTS = ('cli', 'convert', 'sample', 'tokenize', 'parity', 'demo', 'sweep', 'fit', 'bench', 'compare', 'edit',
                 'evaluate', 'orderings')
-LAYERS = {'errors': 0, 'models': 1, 'flops': 1, 'weights': 2, 'sharding': 3, 'data': 4, 'train': 5, 'eval': 5,
+LAYERS = {'errors': 0, 'compilation_cache': 0, 'paths': 1, 'models': 1, 'flops': 1, 'weights': 2, 'sharding': 3, 'data': 4, 'train': 5, 'eval': 5,
           'scaling': 6, **{name: 7 for name in ENTRY_POINTS}}
 
 

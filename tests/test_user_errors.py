@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from conftest import REPO
+import numpy as np
 import pytest
 
 from var_jax import errors
@@ -101,5 +102,6 @@ def test_one_line_and_exit_code(results, case):
 
 
 def test_a_non_finite_loss_before_any_checkpoint_says_so():
-  with pytest.raises(errors.DivergedError, match='No checkpoint was written yet'):
-    loop._check_finite({'loss': float('nan'), 'grad_norm': 1.0}, 1, None)  # pylint: disable=protected-access
+  metrics_N = {'loss': np.array([2.0, np.nan, 2.0]), 'grad_norm': np.ones(3)}  # one call's 3 steps: 5, 6, 7
+  with pytest.raises(errors.DivergedError, match='at step 6; stopping. No checkpoint was written yet'):
+    loop._check_finite(metrics_N, 5, None)  # pylint: disable=protected-access
