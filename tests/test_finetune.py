@@ -54,10 +54,11 @@ def test_official_pth_with_another_num_classes(official_pth, caplog):
   cfg.init.path = path
   engine = engine_lib.Engine(config_lib.resolve(cfg, 1), jax.devices()[:1])
   with caplog.at_level(logging.WARNING):
-    params = jax.device_get(engine.init_state().params)
+    start = engine.task.start_params()
+    params = jax.device_get(engine.init_state(start).params)
   assert 'class_emb initialised afresh' in caplog.text
-  assert engine.task.start_record['reinitialised'] == ['class_emb']
-  assert engine.task.start_record['source_num_classes'] == 5
+  assert start.record['reinitialised'] == ['class_emb']
+  assert start.record['source_num_classes'] == 5
   assert params['class_emb'].shape == (11, 32)  # 10 classes + the unconditional one
   for key, value in sd.flat_leaves(src_params).items():
     if key[0] != 'class_emb':

@@ -164,7 +164,7 @@ def training_keys(fx: Fixture) -> Dict[str, np.ndarray]:
     vqvae.save(tokenizer_dir, vae, vae_params)
     cfg = config_lib.resolve(train_config(fx, tokenizer_dir), num_devices=1)
     engine = engine_lib.Engine(cfg, jax.devices()[:1])
-    state = engine.init_state()
+    state = engine.init_state(engine.task.start_params())
   logged = {'loss': [], 'grad_norm': [], 'lr': []}
   for img, label in zip(fx.expected['train_img'], fx.expected['train_labels']):
     batch = {'image': img.transpose(0, 2, 3, 1), 'label': label.astype(np.int32)}

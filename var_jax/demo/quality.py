@@ -19,6 +19,7 @@ import numpy as np
 
 from var_jax import cli
 from var_jax import sample
+from var_jax.train.rundir import RunDir
 
 PROG = 'var-demo-quality'
 
@@ -58,7 +59,7 @@ def main(argv):
   samples_dir = out / 'samples'
   samples_dir.mkdir(parents=True, exist_ok=True)
   rows = [r for r in stages.results(out / 'sweep') if r['status'] == 'done']
-  data_cfg = json.loads((out / 'tokenizer' / 'config.json').read_text())['data']
+  data_cfg = RunDir(out / 'tokenizer').config_json()['data']
   extractor = features.get_extractor(f'shapes:{out / "classifier" / "classifier"}', batch_size=f.batch_size)
   class_names = list(extractor.class_names)
 

@@ -23,6 +23,7 @@ import numpy as np
 from var_jax import errors
 from var_jax import flops
 from var_jax.scaling import fit
+from var_jax.train import rundir as rundir_lib
 
 ORDERS = (('next_scale', 'var'), ('raster', 'next_token'))
 COLUMNS = ('order', 'run_id', 'depth', 'params', 'train_flops', 'sample_flops', 'sample_s_per_image', 'loss',
@@ -49,7 +50,6 @@ def sampling_seconds(run_dir: str, *, batch: int = 16, repeats: int = 2, seed: i
 
 def rows(root: str, *, time_sampling: bool = True) -> list[dict[str, Any]]:
   """One row per finished run of both orderings (COLUMNS)."""
-  from var_jax.scaling import runs as runs_lib  # pylint: disable=g-import-not-at-top
   for order, _ in ORDERS:  # both, before any work
     table_path = os.path.join(root, order, 'results.csv')
     if not os.path.exists(table_path):
@@ -61,7 +61,7 @@ def rows(root: str, *, time_sampling: bool = True) -> list[dict[str, Any]]:
       if table['status'][i] not in fit.OK_STATUSES:
         continue
       run_dir = os.path.join(root, order, run_id)
-      model = (runs_lib.read_json(os.path.join(run_dir, 'config.json')) or {}).get('model', {})
+      model = (rundir_lib.RunDir(run_dir).config_json() or {}).get('model', {})
       kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.items()}
       flop_order = 'raster' if task == 'next_token' else 'next_scale'
       out.append(dict(

@@ -3,7 +3,7 @@
 Each step directory holds two items: 'state' (step, params, optimizer state; arrays restored onto
 whatever shardings the caller asks for, so the mesh may change between save and restore) and
 'meta' (data-iterator state, RNG key data, counters). A step that cannot be read back is reported,
-moved to `<workdir>/corrupt_checkpoints/` and the previous step is tried; a readable step of another model
+moved to the run folder's `corrupt_checkpoints/` (`RunDir`) and the previous step is tried; a readable step of another model
 (other param shapes) is a WeightsError and is left where it is.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from var_jax import errors
+from var_jax.train import rundir as rundir_lib
 
 STATE, META = 'state', 'meta'
 
@@ -30,9 +31,10 @@ def _saved_part(state) -> dict:
 class Checkpointer:
   """Save / restore-latest around an orbax CheckpointManager."""
 
-  def __init__(self, workdir: str, *, keep: int, keep_every: int | None, async_save: bool):
-    self._dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    self._quarantine = os.path.join(os.path.abspath(workdir), 'corrupt_checkpoints')
+  def __init__(self, run: rundir_lib.RunDir | str, *, keep: int, keep_every: int | None, async_save: bool):
+    run = rundir_lib.RunDir(run)
+    self._dir = run.checkpoints
+    self._quarantine = run.corrupt_checkpoints
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None, enable_async_checkpointing=async_save,
         create=True)
@@ -118,11 +120,9 @@ def load_run(workdir: str, step: int | None = None):
   """
   from var_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from var_jax.train import tasks  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise errors.ConfigError(f'{workdir}: not a training workdir (no config.json)')
-  cfg = config_lib.load_json(config_path)
-  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  run = rundir_lib.RunDir(workdir)
+  cfg = config_lib.load_json(run.checked_config())
+  ckpt_dir = run.checkpoints
   if not os.path.isdir(ckpt_dir):
     raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
   manager = ocp.CheckpointManager(ckpt_dir, item_handlers={STATE: ocp.StandardCheckpointHandler(),
@@ -145,7 +145,7 @@ def load_run(workdir: str, step: int | None = None):
   params = restored[STATE]['params']
   bad = _mismatched(param_shapes(task.abstract_params), param_shapes(params))
   if bad:
-    raise errors.WeightsError(f'{ckpt_dir}/{step}: params do not match the config.json model at {len(bad)} '
+    raise errors.WeightsError(f'{ckpt_dir}/{step}: params do not match the model of the run config at {len(bad)} '
                               f'params, e.g. {bad[0]}')
   return cfg, task, params, step
 

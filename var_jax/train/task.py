@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,12 @@ from var_jax.train import state as state_lib
 
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
+
+
+class Start(NamedTuple):
+  """A run's starting point: host params, and what they are (JSON, the run's init.json) where that is known."""
+  params: Any
+  record: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +100,9 @@ class Task(abc.ABC):
     """Fresh params, or the run's starting point `start` (see `start_params`) with fresh values where it
     has none. Fresh leaves that are sharded carry logical axis names (`nn.with_logical_partitioning`)."""
 
-  start_record: dict[str, Any] | None = None  # what `start_params` loaded (JSON), kept in init.json and DONE
-
-  def start_params(self) -> Any:
-    """Host params to start from instead of a fresh init (fine-tuning), or None; sets `start_record`."""
+  def start_params(self) -> Start | None:
+    """Where to start instead of a fresh init (fine-tuning), or None. The loop records `Start.record` in the
+    run's init.json and DONE."""
     return None
 
   def make_optimizer(self) -> optax.GradientTransformation:

@@ -139,7 +139,7 @@ class NextTokenTask(var_task.VarTask):
     self.lr_fn = state_lib.lr_schedule(config.optim, config.optim.total_steps)
     task_lib.Task.__init__(self, config)
 
-  def start_params(self) -> Any:
+  def start_params(self) -> task_lib.Start | None:
     return None  # no `init.path` here: VAR's official checkpoints do not fit this model
 
   def init_params(self, key: jax.Array, start: Any = None) -> Any:

@@ -170,8 +170,8 @@ class TokenizerTask(task_lib.Task):
       params['disc'] = self.disc.init(k_disc, self._image())['params']
     return params
 
-  def start_params(self) -> Any:
-    return self._start
+  def start_params(self) -> task_lib.Start | None:
+    return None if self._start is None else task_lib.Start(self._start)
 
   def make_optimizer(self) -> Any:
     c = self.config

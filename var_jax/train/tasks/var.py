@@ -177,11 +177,10 @@ class VarTask(task_lib.Task):
     fresh = self.model.init({'params': key, 'dropout': key}, label, x_BLC, train=False)['params']
     return finetune.merge(fresh, start)
 
-  def start_params(self) -> Any:
+  def start_params(self) -> task_lib.Start | None:
     if not self.config.init.path:
       return None
-    params, self.start_record = finetune.load(str(self.config.init.path), self.model, self.abstract_params)
-    return params
+    return task_lib.Start(*finetune.load(str(self.config.init.path), self.model, self.abstract_params))
 
   def frozen(self) -> Any:
     return self._tok_params
