@@ -16,7 +16,7 @@ import pytest
 from conftest import load_experiment
 from var_jax import errors
 from var_jax.models import var as var_lib
-from var_jax.train import checkpoint
+from var_jax.generate import generator
 from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
 from var_jax.train import finetune
@@ -142,12 +142,13 @@ def test_sigkilled_finetuning_resumes_from_its_own_checkpoint(finetuned, officia
 
 def test_init_from_a_var_jax_run(finetuned):
   run = finetuned[0]
-  _, task, run_params, step = checkpoint.load_run(str(run))
-  params, record = finetune.load(str(run), task.model, task.abstract_params)
+  gen = generator.from_run(str(run))
+  run_params, step, model = gen.params, gen.step, gen.model
+  params, record = finetune.load(str(run), model, var_weights.param_shapes(model))
   assert record['source'] == f'var_jax run step {step}' and record['reinitialised'] == []
   for key, value in sd.flat_leaves(jax.device_get(run_params)).items():
     np.testing.assert_array_equal(sd.flat_leaves(params)[key], value, err_msg='/'.join(key))
   # A run with another number of classes starts from all of it but the class embedding.
-  params, record = finetune.load(str(run), task.model.clone(num_classes=3), task.abstract_params | {
+  params, record = finetune.load(str(run), model.clone(num_classes=3), var_weights.param_shapes(model) | {
       'class_emb': jax.ShapeDtypeStruct((4, 32), np.float32)})
   assert record['reinitialised'] == ['class_emb'] and 'class_emb' not in params

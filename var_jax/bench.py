@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from var_jax import cli
+from var_jax import compare
 from var_jax import errors
 from var_jax import flops
 from var_jax.train import config as config_lib
@@ -45,21 +46,6 @@ def _define_flags() -> None:
   flags.DEFINE_enum('what', 'train', ['train', 'sample'], 'compare: the train step or sampling.')
   flags.DEFINE_integer('rounds', 5, 'compare: alternating rounds; each framework times --steps per round.',
                        lower_bound=1)
-
-
-def bench_config(*, depth: int, batch: int, vocab: int, patch_nums, dtype: str, steps: int,
-                 mesh=(-1, 1, 1), remat: str = 'none', attention: str = 'auto'):
-  """A VAR training config on in-memory random tokens with a tiny random tokenizer."""
-  c = config_lib.base_config('var')
-  c.data.name = 'synthetic_tokens'
-  c.steps, c.batch_size = steps + 1, batch
-  patch_nums = tuple(int(p) for p in patch_nums)
-  c.model.update(dict(depth=depth, vocab_size=vocab, patch_nums=patch_nums, dtype=dtype,
-                      remat_policy=remat, attention=attention))
-  c.tokenizer.update(dict(vocab_size=vocab, patch_nums=patch_nums, ch=16, ch_mult=(1, 1),
-                          num_res_blocks=1, norm_groups=8))
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = (int(m) for m in mesh)
-  return c
 
 
 def _peak_bytes() -> int | None:
@@ -123,7 +109,6 @@ def bench_sample(engine: engine_lib.Engine, steps: int, peak: float | None) -> d
 
 def _compare(f) -> None:
   """`compare`: the official code and var_jax side by side; the ratio official / var_jax is printed last."""
-  from var_jax import compare  # pylint: disable=g-import-not-at-top
   setup = compare.Setup(mode=f.what, depth=f.depth, batch=f.batch, vocab=f.vocab,
                         patch_nums=tuple(int(p) for p in f['patch-nums'].value),
                         official=compare.check_official(f.official))
@@ -143,7 +128,7 @@ def main(argv):
   if argv[1] == 'compare':
     _compare(f)
     return
-  cfg = bench_config(depth=f.depth, batch=f.batch, vocab=f.vocab, patch_nums=f['patch-nums'].value,
+  cfg = perf.bench_config(depth=f.depth, batch=f.batch, vocab=f.vocab, patch_nums=f['patch-nums'].value,
                      dtype=f.dtype, steps=f.steps, mesh=f.mesh, remat=f.remat, attention=f.attention)
   engine = engine_lib.Engine(config_lib.resolve(cfg, jax.device_count()))
   peak = perf.peak_tflops(override=f['peak-tflops'].value)

@@ -112,11 +112,11 @@ def official_runner(s: Setup):
 def var_jax_runner(s: Setup):
   """A no-argument function running one var_jax train step (or sampling call), compiled before it returns."""
   import jax  # pylint: disable=g-import-not-at-top
-  from var_jax import bench  # pylint: disable=g-import-not-at-top
   from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
   from var_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from var_jax.train import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  cfg = bench.bench_config(depth=s.depth, batch=s.batch, vocab=s.vocab, patch_nums=s.patch_nums,
+  from var_jax.train import perf  # pylint: disable=g-import-not-at-top
+  cfg = perf.bench_config(depth=s.depth, batch=s.batch, vocab=s.vocab, patch_nums=s.patch_nums,
                            dtype='float32', steps=1000)
   cfg.tokenizer.update(OFFICIAL_TOKENIZER)  # the official side's tokenizer layout (its decoder runs in sampling)
   engine = engine_lib.Engine(config_lib.resolve(cfg, jax.device_count()))

@@ -21,12 +21,15 @@ import os
 from typing import Sequence
 
 from absl import flags
+import jax
 import numpy as np
+import PIL.Image
 
 from var_jax import cli
 from var_jax import errors
 from var_jax import paths
-from var_jax import sample
+from var_jax import sampling_flags
+from var_jax.models import editing
 
 PROG = 'var-edit'
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
@@ -34,10 +37,8 @@ OUTLINE_RGB = (255, 40, 40)
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string('var', None, 'Official VAR state dict (.pth or .npz).')
-  flags.DEFINE_string('tokenizer', None, 'Tokenizer folder or official .pth/.npz; required with --var.')
-  flags.DEFINE_string('workdir', None, 'Training run folder (config.json + checkpoints/).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step of --workdir (default: the latest).')
+  sampling_flags.define_source()
+  sampling_flags.define_knobs()
   flags.DEFINE_list('image', None, 'Images to edit: files and/or folders of images.')
   flags.DEFINE_list('box', None, 'The region as y0,x0,y1,x1, fractions of the image in [0, 1].')
   flags.DEFINE_string('mask', None, 'The region as a mask image (white = the region), instead of --box.')
@@ -45,10 +46,6 @@ def _define_flags() -> None:
                     'keep it and regenerate the rest.')
   flags.DEFINE_integer('class', None, 'Class to edit towards (default: unconditional).')
   flags.DEFINE_bool('resize', False, 'Resize images to the size the tokenizer takes.')
-  flags.DEFINE_float('cfg', 1.5, 'Classifier-free guidance at the last scale (>= 0).')
-  flags.DEFINE_integer('top_k', 900, 'Top-k filtering (0 = off; capped at the vocabulary).')
-  flags.DEFINE_float('top_p', 0.96, 'Top-p filtering (0 = off).')
-  flags.DEFINE_integer('seed', 0, 'Sampling seed.')
   flags.DEFINE_integer('batch_size', 8, 'Images per compiled batch.')
   flags.DEFINE_string('out_dir', None, 'Output folder (default: next to each image).')
 
@@ -70,7 +67,6 @@ def image_files(paths: Sequence[str]) -> list[str]:
 
 def read_image(path: str, size: int, resize: bool) -> np.ndarray:
   """(size, size, 3) float32 in [-1, 1]; ConfigError for another size unless `resize`."""
-  import PIL.Image  # pylint: disable=g-import-not-at-top
   try:
     img = PIL.Image.open(path).convert('RGB')
   except (OSError, ValueError) as e:
@@ -85,7 +81,6 @@ def read_image(path: str, size: int, resize: bool) -> np.ndarray:
 
 def region_mask(box: Sequence[str] | None, mask: str | None, side: int) -> np.ndarray:
   """(side, side) bool: the last-scale tokens of the region (--box or --mask); ConfigError if it is empty."""
-  from var_jax.models import editing  # pylint: disable=g-import-not-at-top
   if bool(box) == bool(mask):
     raise errors.ConfigError('give exactly one of --box or --mask')
   if box:
@@ -93,11 +88,7 @@ def region_mask(box: Sequence[str] | None, mask: str | None, side: int) -> np.nd
       fractions = [float(v) for v in box]
     except ValueError:
       raise errors.ConfigError(f'--box must be 4 numbers y0,x0,y1,x1, got {",".join(box)}') from None
-    try:
-      return editing.box_keep_mask(fractions, side, 'inpaint') < 0.5
-    except ValueError as e:
-      raise errors.ConfigError(f'--box: {e}') from None
-  import PIL.Image  # pylint: disable=g-import-not-at-top
+    return editing.box_keep_mask(fractions, side, 'inpaint', what='--box') < 0.5
   try:
     painted = np.asarray(PIL.Image.open(mask).convert('L'))
   except (OSError, ValueError) as e:
@@ -133,15 +124,11 @@ def outlined(img_HW3: np.ndarray, region_KK: np.ndarray) -> np.ndarray:
 
 def _checked_flags():
   f = flags.FLAGS
-  if bool(f.var) == bool(f.workdir):
-    raise errors.ConfigError('give exactly one of --var (with --tokenizer) or --workdir')
-  if f.var and not f.tokenizer:
-    raise errors.ConfigError('--var needs --tokenizer')
+  sampling_flags.check(f)
   if not f.image:
     raise errors.ConfigError('--image is required (files or folders)')
   if f.batch_size <= 0:
     raise errors.ConfigError(f'--batch_size must be positive, got {f.batch_size}')
-  sample.check_knob_flags(f)
   if f.out_dir:
     paths.check_folder(f.out_dir, '--out_dir')
   return f
@@ -152,13 +139,11 @@ def main(argv: Sequence[str]) -> None:
   f = _checked_flags()
   files = image_files(f.image)
 
-  import jax  # pylint: disable=g-import-not-at-top
-  import PIL.Image  # pylint: disable=g-import-not-at-top
-  from var_jax.models import editing  # pylint: disable=g-import-not-at-top
-  from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
-
-  var_model, var_params, vae_model, vae_params = sample.load_models(
-      var=f.var, tokenizer=f.tokenizer, workdir=f.workdir, step=f.step)
+  gen = sampling_flags.load(f)
+  if gen.ordering.task != 'var':
+    raise errors.ConfigError(f'{gen.source}: editing needs a next-scale (VAR) model, not task '
+                             f'{gen.ordering.task!r}')
+  var_model, vae_model = gen.model, gen.vae
   label = edit_label(f['class'].value, var_model.num_classes)
   region_KK = region_mask(f.box, f.mask, var_model.patch_nums[-1])
   keep_KK = (region_KK if f.mode == 'outpaint' else ~region_KK).astype(np.float32)
@@ -166,17 +151,13 @@ def main(argv: Sequence[str]) -> None:
     raise errors.ConfigError('--mode=outpaint with a region that covers the whole image: nothing to regenerate')
   images = np.stack([read_image(p, vae_model.image_size, f.resize) for p in files])
 
-  sampler = sampling.make_sampler(var_model, vae_model)
-  knobs = dict(cfg=f.cfg, top_k=min(f.top_k, var_model.vocab_size), top_p=f.top_p)
+  knobs = sampling_flags.knobs(f, gen)
   rng = jax.random.key(f.seed)
   for i, begin in enumerate(range(0, len(files), f.batch_size)):
     chunk = images[begin:begin + f.batch_size]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], f.batch_size - len(chunk), axis=0)])
-    try:
-      _, edited = editing.edit(sampler, var_params, vae_params, label, jax.random.fold_in(rng, i), padded,
-                               keep_KK, **knobs)
-    except ValueError as e:
-      raise errors.ConfigError(str(e)) from None
+    _, edited = editing.edit(gen.sampler, gen.params, gen.vae_params, label, jax.random.fold_in(rng, i), padded,
+                             keep_KK, **knobs)
     for path, source, out in zip(files[begin:], chunk, np.asarray(edited)[:len(chunk)]):
       out_dir = f.out_dir or os.path.dirname(os.path.abspath(path))
       os.makedirs(out_dir, exist_ok=True)

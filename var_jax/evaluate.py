@@ -31,7 +31,7 @@ from absl import logging
 from var_jax import cli
 from var_jax import errors
 from var_jax import paths
-from var_jax import sample
+from var_jax import sampling_flags
 
 PROG = 'var-evaluate'
 SAMPLES = 'samples'
@@ -39,20 +39,14 @@ METRICS_JSON = 'metrics.json'
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string('var', None, 'Official VAR state dict (.pth or .npz); needs --tokenizer.')
-  flags.DEFINE_string('tokenizer', None, 'Tokenizer folder or .pth/.npz (with --var; overrides a run\'s).')
-  flags.DEFINE_string('workdir', None, 'Training run folder (config.json + checkpoints/).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step of --workdir (default: the latest).')
+  sampling_flags.define_source()
+  sampling_flags.define_knobs(seed_help='Sample i uses fold_in(key(seed), i).',
+                              more_smooth='Gumbel-softmax visualisation mode (not the FID protocol).')
   flags.DEFINE_string('images', None, 'Evaluate these images instead of sampling: a folder of PNG/JPEG '
                       'or an .npz with arr_0 uint8 (N, H, W, 3) (and arr_1 labels).')
   flags.DEFINE_integer('num_samples', 50000, 'Images to sample.')
   flags.DEFINE_integer('per_class', 1, 'Consecutive samples per class (labels (i // per_class) % classes); '
                        'num_samples must be a multiple of classes x per_class.')
-  flags.DEFINE_float('cfg', 1.5, 'Classifier-free guidance at the last scale (>= 0).')
-  flags.DEFINE_integer('top_k', 900, 'Top-k filtering (0 = off; capped at the vocabulary).')
-  flags.DEFINE_float('top_p', 0.96, 'Top-p filtering (0 = off).')
-  flags.DEFINE_bool('more_smooth', False, 'Gumbel-softmax visualisation mode (not the FID protocol).')
-  flags.DEFINE_integer('seed', 0, 'Sample i uses fold_in(key(seed), i).')
   flags.DEFINE_integer('batch_size', 64, 'Images per sampler call on each process (a multiple of its '
                        'device count).')
   flags.DEFINE_integer('chunk_size', 1000, 'Images per chunk file (the unit of resumption).')
@@ -69,18 +63,13 @@ def _define_flags() -> None:
 
 def _check_flags(f) -> None:
   """ConfigError (one line) for flags that cannot work, before anything is loaded."""
-  sources = [name for name in ('images', 'var', 'workdir') if getattr(f, name)]
-  if len(sources) != 1:
-    raise errors.ConfigError('give exactly one of --images, --var (with --tokenizer) or --workdir')
-  if f.var and not f.tokenizer:
-    raise errors.ConfigError('--var needs --tokenizer')
+  sampling_flags.check(f, others=('images',))
   if not f.out:
     raise errors.ConfigError('--out is required')
   if f.reference and not f.features:
     raise errors.ConfigError('--reference needs --features (the extractor both sides are measured with)')
   if f.images and not f.features:
     raise errors.ConfigError('--images needs --features')
-  sample.check_knob_flags(f)
   paths.check_folder(f.out, '--out')
   for name in ('num_samples', 'per_class', 'batch_size', 'chunk_size', 'feature_batch_size'):
     if getattr(f, name) < 1:
@@ -101,14 +90,11 @@ def _sample(f, out_dir: str):
   """Samples this process's chunks of the plan the flags describe; returns (plan, knobs, seconds)."""
   import jax  # pylint: disable=g-import-not-at-top
   from var_jax.eval import generate  # pylint: disable=g-import-not-at-top
-  from var_jax.models import next_token_sampling  # pylint: disable=g-import-not-at-top
-  var_model, var_params, vae_model, vae_params = sample.load_models(
-      var=f.var, tokenizer=f.tokenizer, workdir=f.workdir, step=f.step)
-  knobs = dict(cfg=f.cfg, top_k=min(f.top_k, var_model.vocab_size), top_p=f.top_p, more_smooth=f.more_smooth)
-  plan = generate.Plan(num_samples=f.num_samples, num_classes=var_model.num_classes, per_class=f.per_class,
+  gen = sampling_flags.load(f)
+  knobs = sampling_flags.knobs(f, gen)
+  plan = generate.Plan(num_samples=f.num_samples, num_classes=gen.num_classes, per_class=f.per_class,
                        seed=f.seed, chunk_size=f.chunk_size, knobs=knobs)
-  dp = generate.DataParallelSampler(next_token_sampling.make_sampler(var_model, vae_model), var_params, vae_params,
-                                    f.batch_size)
+  dp = gen.driver(f.batch_size)
   start = time.perf_counter()
   counts = generate.generate(dp, plan, out_dir, progress=f.progress)
   logging.info('process %d: sampled %d chunks, kept %d from an earlier run', jax.process_index(),

@@ -40,7 +40,7 @@ def labelled_grid(npz: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
   data = np.load(npz)
   names = [str(n) for n in data['class_names']]
   images = data['images']
-  grid = sample.image_grid(images.astype(np.float32) / 255, rows=len(names))
+  grid = sample.image_grid(images, rows=len(names))
   h = images.shape[1]
   fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1.2, grid.shape[0] / 40 + 0.3))
   ax.imshow(grid, interpolation='nearest')

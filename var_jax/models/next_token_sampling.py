@@ -96,11 +96,3 @@ class Sampler:
                                  jnp.float32(cfg), jnp.int32(top_k), jnp.float32(top_p),
                                  jnp.float32(temperature))
     return [idx_BL], img
-
-
-def make_sampler(model: Any, vae_model: Any):
-  """The compile-once sampler for either ordering: this module's for a NextToken model,
-  `sampling.Sampler` for a VAR."""
-  if isinstance(model, next_token_lib.NextToken):
-    return Sampler(model, vae_model)
-  return sampling.make_sampler(model, vae_model)

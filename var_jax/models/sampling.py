@@ -47,17 +47,18 @@ def filter_top_k_top_p(logits_BlV, top_k, top_p):
 
 
 def check_knobs(cfg: float, top_k: int, top_p: float, temperature: float = 1.0,
-                vocab_size: int | None = None) -> None:
-  """ValueError naming the first sampling knob out of range (NaN and inf included); top_k's upper bound is
-  checked when `vocab_size` is given."""
+                vocab_size: int | None = None, prefix: str = '') -> None:
+  """ConfigError naming the first sampling knob (`prefix` + its name, e.g. '--cfg') out of range (NaN and inf
+  included); top_k's upper bound is checked when `vocab_size` is given."""
   if not (math.isfinite(cfg) and cfg >= 0):
-    raise ValueError(f'cfg must be >= 0 and finite, got {cfg}')
+    raise errors.ConfigError(f'{prefix}cfg must be >= 0 and finite, got {cfg}')
   if not 0 <= top_k <= (math.inf if vocab_size is None else vocab_size):
-    raise ValueError(f'top_k must be in [0, {vocab_size or "vocabulary size"}] (0 = off), got {top_k}')
+    raise errors.ConfigError(f'{prefix}top_k must be in [0, {vocab_size or "vocabulary size"}] (0 = off), '
+                             f'got {top_k}')
   if not 0.0 <= top_p < 1.0:
-    raise ValueError(f'top_p must be in [0, 1) (0 = off), got {top_p}')
+    raise errors.ConfigError(f'{prefix}top_p must be in [0, 1) (0 = off), got {top_p}')
   if not (math.isfinite(temperature) and temperature > 0):
-    raise ValueError(f'temperature must be > 0 and finite, got {temperature}')
+    raise errors.ConfigError(f'{prefix}temperature must be > 0 and finite, got {temperature}')
 
 
 def _values(obj: Any, names: tuple[str, ...]) -> tuple:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
 from var_jax.models import attention as attention_lib
 from var_jax.models import transformer
 from var_jax.models.transformer import DTYPES
@@ -62,17 +63,19 @@ def scale_bounds(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
   return [(int(e - p * p), int(e)) for p, e in zip(patch_nums, ends)]
 
 
-def check_labels(label_B, num_classes: int, *, allow_uncond: bool = True) -> None:
-  """ValueError for labels outside [0, num_classes] (num_classes = unconditional) on host values."""
+def check_labels(label_B, num_classes: int, *, allow_uncond: bool = True, what: str = '') -> None:
+  """ConfigError (prefixed `what: ` when given, e.g. a flag) for labels outside [0, num_classes]
+  (num_classes = unconditional) on host values."""
   if isinstance(label_B, jax.core.Tracer):
     return
   label_B = np.asarray(label_B)
+  prefix = f'{what}: ' if what else ''
   if not np.issubdtype(label_B.dtype, np.integer):
-    raise ValueError(f'labels must be integers, got dtype {label_B.dtype}')
+    raise errors.ConfigError(f'{prefix}labels must be integers, got dtype {label_B.dtype}')
   hi = num_classes if allow_uncond else num_classes - 1
   if label_B.size and (label_B.min() < 0 or label_B.max() > hi):
-    raise ValueError(f'labels must be in [0, {hi}] (num_classes={num_classes}), got values in '
-                     f'[{label_B.min()}, {label_B.max()}]')
+    raise errors.ConfigError(f'{prefix}labels must be in [0, {hi}] (num_classes={num_classes}), got values in '
+                             f'[{label_B.min()}, {label_B.max()}]')
 
 
 class VAR(nn.Module):

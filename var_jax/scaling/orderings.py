@@ -22,6 +22,7 @@ import numpy as np
 
 from var_jax import errors
 from var_jax import flops
+from var_jax.generate import generator
 from var_jax.scaling import fit
 from var_jax.train import rundir as rundir_lib
 
@@ -31,19 +32,15 @@ COLUMNS = ('order', 'run_id', 'depth', 'params', 'train_flops', 'sample_flops', 
 
 
 def sampling_seconds(run_dir: str, *, batch: int = 16, repeats: int = 2, seed: int = 0) -> float:
-  """Wall seconds per image of a run's sampler (cfg 1.5, top-k 0), median of `repeats` batches after a
-  warm-up batch that compiles."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from var_jax.models import next_token_sampling  # pylint: disable=g-import-not-at-top
-  from var_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  _, task, params, _ = checkpoint.load_run(run_dir)
-  sampler = next_token_sampling.make_sampler(task.model, task.tokenizer)
-  vae_params = task.frozen()
-  labels = np.arange(batch) % task.model.num_classes
+  """Wall seconds per image of a run's sampler (cfg 1.5, top-k 0) through the sampling driver, median of
+  `repeats` batches after a warm-up batch that compiles."""
+  gen = generator.from_run(run_dir)
+  driver, knobs = gen.driver(batch), gen.knobs(cfg=1.5, top_k=0, top_p=0.0)
+  labels = np.arange(batch) % gen.num_classes
   times = []
   for i in range(repeats + 1):
     t0 = time.perf_counter()
-    jax.block_until_ready(sampler(params, vae_params, labels, jax.random.key(seed + i))[1])
+    driver.draw(labels, np.arange(batch), seed + i, **knobs)
     times.append(time.perf_counter() - t0)
   return float(np.median(times[1:])) / batch
 

@@ -110,19 +110,13 @@ class Checkpointer:
     self._manager.reload()
 
 
-def load_run(workdir: str, step: int | None = None):
-  """(resolved config, task, params, step) of a training run folder, restored on this process's first device
-  (so every process of a multi-process command has them).
+def restore_params(workdir: str | rundir_lib.RunDir, step: int | None = None) -> tuple[Any, int]:
+  """(params, step) of a run folder's checkpoint `step` (default: the newest), restored on this process's first
+  device (so every process of a multi-process command has them). Nothing else is built: no task, no optimizer.
 
-  Reads `config.json` and the orbax checkpoint `step` (default: the newest). The task is built from the
-  config (so a VAR run's tokenizer comes from its `tokenizer.path` or seed) and its params are checked against
-  the checkpoint's. ConfigError for a folder that is not a run, has no checkpoint, or lacks `step`.
+  ConfigError for a folder without checkpoints or without `step`.
   """
-  from var_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  from var_jax.train import tasks  # pylint: disable=g-import-not-at-top
-  run = rundir_lib.RunDir(workdir)
-  cfg = config_lib.load_json(run.checked_config())
-  ckpt_dir = run.checkpoints
+  ckpt_dir = rundir_lib.RunDir(workdir).checkpoints
   if not os.path.isdir(ckpt_dir):
     raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
   manager = ocp.CheckpointManager(ckpt_dir, item_handlers={STATE: ocp.StandardCheckpointHandler(),
@@ -131,7 +125,6 @@ def load_run(workdir: str, step: int | None = None):
   steps = sorted(manager.all_steps())
   if not steps:
     raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
-  task = tasks.get(cfg.get('task', config_lib.DEFAULT_TASK))(cfg)  # after the cheap checks: it builds models
   if step is None:
     step = steps[-1]
   elif step not in steps:
@@ -142,12 +135,15 @@ def load_run(workdir: str, step: int | None = None):
   target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                                   manager.item_metadata(step)[STATE])
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  params = restored[STATE]['params']
-  bad = _mismatched(param_shapes(task.abstract_params), param_shapes(params))
+  return restored[STATE]['params'], step
+
+
+def check_params(params, abstract_params, what: str) -> None:
+  """WeightsError when `params` differ from the model's `abstract_params` in names or shapes."""
+  bad = _mismatched(param_shapes(abstract_params), param_shapes(params))
   if bad:
-    raise errors.WeightsError(f'{ckpt_dir}/{step}: params do not match the model of the run config at {len(bad)} '
+    raise errors.WeightsError(f'{what}: params do not match the model of the run config at {len(bad)} '
                               f'params, e.g. {bad[0]}')
-  return cfg, task, params, step
 
 
 def param_shapes(tree) -> dict[str, tuple[int, ...]]:
