@@ -2,9 +2,10 @@
 
 Each step directory holds two items: 'state' (step, params, optimizer state; arrays restored onto
 whatever shardings the caller asks for, so the mesh may change between save and restore) and
-'meta' (data-iterator state, RNG key data, counters). A step that cannot be read back is reported,
-moved to the run folder's `corrupt_checkpoints/` (`RunDir`) and the previous step is tried; a readable step of another model
-(other param shapes) is a WeightsError and is left where it is.
+'meta' (data-iterator state, RNG key data, counters). A step that cannot be read back is reported, moved to the
+run folder's `corrupt_checkpoints/` (`RunDir`) and the previous step is tried; a readable step of another model
+(other param shapes) is a WeightsError and is left where it is. `restore_params` reads a run's params alone
+(for generation and fine-tuning: no task, no optimizer).
 """
 from __future__ import annotations
 

@@ -227,7 +227,8 @@ def _train(config, workdir, devices, stop, resources) -> dict:
     logging.info('resumed from %s at step %d', ckpt.directory, last_saved)
   start = int(jax.device_get(state.step))
   if start > cfg.steps:
-    raise errors.ConfigError(f'steps={cfg.steps} is below the step {start} of the newest checkpoint in {ckpt.directory}')
+    raise errors.ConfigError(f'steps={cfg.steps} is below the step {start} of the newest checkpoint in '
+                             f'{ckpt.directory}')
   if is_main:
     _record_start(cfg, run)
   undo.disarm()

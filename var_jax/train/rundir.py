@@ -42,6 +42,16 @@ def write_json(path: str, record: Any) -> None:
   write_text(path, json.dumps(record, indent=1, default=list))
 
 
+class _Entry:
+  """A class attribute that reads as the path of the entry `name` in the instance's folder."""
+
+  def __init__(self, name: str):
+    self.name = name
+
+  def __get__(self, run, owner=None):
+    return self if run is None else os.path.join(run.path, self.name)
+
+
 class RunDir:
   """The paths of one run folder and the reading and writing of its small files."""
 
@@ -64,20 +74,10 @@ class RunDir:
 
   # ---- paths --------------------------------------------------------------------------------------
 
-  config = property(lambda self: self.join(self.CONFIG))
-  init = property(lambda self: self.join(self.INIT))
-  done_path = property(lambda self: self.join(self.DONE))
-  lock = property(lambda self: self.join(self.LOCK))
-  metrics = property(lambda self: self.join(self.METRICS))
-  tb = property(lambda self: self.join(self.TB))
-  run_config_json = property(lambda self: self.join(self.RUN_CONFIG_JSON))
-  run_config_py = property(lambda self: self.join(self.RUN_CONFIG_PY))
-  log = property(lambda self: self.join(self.LOG))
-  error = property(lambda self: self.join(self.ERROR))
-  quality = property(lambda self: self.join(self.QUALITY))
-  quality_error = property(lambda self: self.join(self.QUALITY_ERROR))
-  quality_log = property(lambda self: self.join(self.QUALITY_LOG))
-  quality_metrics = property(lambda self: os.path.join(self.quality, self.QUALITY_METRICS))
+  config, init, done_path, lock, metrics, tb = (_Entry(n) for n in (CONFIG, INIT, DONE, LOCK, METRICS, TB))
+  run_config_json, run_config_py, log, error = (_Entry(n) for n in (RUN_CONFIG_JSON, RUN_CONFIG_PY, LOG, ERROR))
+  quality, quality_error, quality_log = (_Entry(n) for n in (QUALITY, QUALITY_ERROR, QUALITY_LOG))
+  quality_metrics = _Entry(os.path.join(QUALITY, QUALITY_METRICS))
 
   @property
   def checkpoints(self) -> str:

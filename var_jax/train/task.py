@@ -50,6 +50,17 @@ class Sizes:
   flops_per_example: float
 
 
+def gradient_step(state: state_lib.TrainState, loss_fn, tx: optax.GradientTransformation,
+                  lr_fn: optax.Schedule) -> tuple[state_lib.TrainState, Metrics]:
+  """One optimizer update of `state.params` by the gradient of `loss_fn(params) -> (loss, metrics)`; returns
+  (new state, metrics + grad_norm and lr), the metrics every task's train step reports."""
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 class Task(abc.ABC):
   """What the engine trains; one instance per resolved config. Subclasses set `name` and register it."""
 

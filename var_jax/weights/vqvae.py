@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
 import numpy as np
 
 from var_jax import errors
@@ -63,6 +65,15 @@ def to_state_dict(params: sd.Params, vae: tokenizer.VQVAE,
                   buffers: Mapping[str, np.ndarray] | None = None) -> sd.StateDict:
   """Tokenizer params -> official VQVAE state dict."""
   return sd.params_to_state_dict(params, keymap(vae), buffers)
+
+
+def config_group() -> ml_collections.ConfigDict:
+  """A config's `tokenizer.*` group: VQVAE attributes plus where its weights come from (`SOURCE_KEYS`: path None
+  is a random init from seed); `from_config` builds it."""
+  return ml_collections.ConfigDict(dict(
+      vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, norm_groups=32,
+      dropout=0.0, beta=0.25, using_znorm=False, quant_resi=0.5, share_quant_resi=4,
+      patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), path=config_dict.placeholder(str), seed=0))
 
 
 def attributes(overrides: Mapping[str, Any] | None = None, what: str = 'tokenizer config') -> dict[str, Any]:
