@@ -29,7 +29,7 @@ class Ordering:
   Attributes:
     task: the training task whose runs this samples (`config.task`).
     model_type: the flax module class.
-    resolve: model attributes from a config's `model` group (ValueError for bad ones).
+    resolve: model attributes from a config's `model` group (ConfigError for bad ones).
     abstract_params: the network's params tree as ShapeDtypeStructs (nothing computed).
     make_sampler: (model, tokenizer) -> a sampler with `sampling.Sampler`'s call signature.
   """
@@ -43,7 +43,7 @@ class Ordering:
     """The network of a config's `model` group; ConfigError naming `what` for attributes that cannot build."""
     try:
       return self.model_type(**self.resolve(model_cfg))
-    except ValueError as e:
+    except errors.ConfigError as e:
       raise errors.ConfigError(f'{what}: {e}') from None
 
 

@@ -194,7 +194,7 @@ class Sampler:
     check_knobs(cfg, top_k, top_p, vocab_size=self.var.vocab_size)
     label_B = np.asarray(label_B)
     if label_B.ndim != 1 or not label_B.size:
-      raise ValueError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
+      raise errors.ConfigError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
     var_lib.check_labels(label_B, self.var.num_classes)
     if forced is not None:
       forced = self._check_forced(forced, label_B.shape[0])
@@ -208,15 +208,15 @@ class Sampler:
     return idx_list, self._finish(vae_params, state['f_hat'])
 
   def _check_forced(self, forced, batch: int):
-    """forced as (bool, int32) device arrays, or ValueError naming the scale that is wrong."""
+    """forced as (bool, int32) device arrays, or ConfigError naming the scale that is wrong."""
     if len(forced) != len(self.patch_nums):
-      raise ValueError(f'forced must hold one (keep, idx) pair per scale ({len(self.patch_nums)}), '
+      raise errors.ConfigError(f'forced must hold one (keep, idx) pair per scale ({len(self.patch_nums)}), '
                        f'got {len(forced)}')
     out = []
     for k, ((keep_Bl, idx_Bl), pn) in enumerate(zip(forced, self.patch_nums)):
       for name, x in (('keep', keep_Bl), ('idx', idx_Bl)):
         if tuple(x.shape) != (batch, pn * pn):
-          raise ValueError(f'forced[{k}] {name} must have shape ({batch}, {pn * pn}), '
+          raise errors.ConfigError(f'forced[{k}] {name} must have shape ({batch}, {pn * pn}), '
                            f'got {tuple(x.shape)}')
       out.append((jnp.asarray(keep_Bl, jnp.bool_), jnp.asarray(idx_Bl, jnp.int32)))
     return out

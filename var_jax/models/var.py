@@ -54,7 +54,7 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 def _validate(a: Mapping[str, Any]) -> None:
   transformer.validate(a)
   if not a['patch_nums'] or any(p <= 0 for p in a['patch_nums']):
-    raise ValueError(f"model.patch_nums={a['patch_nums']} must be positive scale sizes")
+    raise errors.ConfigError(f"model.patch_nums={a['patch_nums']} must be positive scale sizes")
 
 
 def scale_bounds(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
@@ -164,10 +164,10 @@ class VAR(nn.Module):
     """Logits for every position. label_B int (B,), x_BLC (B, L - l_0, cvae) -> logits (B, L, V) f32."""
     L, first_l = self.seq_len, self.first_l
     if x_BLC.ndim != 3 or x_BLC.shape[1:] != (L - first_l, self.cvae):
-      raise ValueError(f'VAR input must be (B, {L - first_l}, {self.cvae}) for patch_nums='
+      raise errors.ConfigError(f'VAR input must be (B, {L - first_l}, {self.cvae}) for patch_nums='
                        f'{tuple(self.patch_nums)} and cvae={self.cvae}, got {tuple(x_BLC.shape)}')
     if label_B.shape != (x_BLC.shape[0],):
-      raise ValueError(f'labels must be ({x_BLC.shape[0]},), got {tuple(label_B.shape)}')
+      raise errors.ConfigError(f'labels must be ({x_BLC.shape[0]},), got {tuple(label_B.shape)}')
     check_labels(label_B, self.num_classes)
     B = x_BLC.shape[0]
     if train and self.cond_drop_rate > 0:

@@ -35,7 +35,7 @@ def _source_state_dict(path: str) -> tuple[sd.StateDict, str]:
       raise errors.ConfigError(f'init.path={path}: a task={cfg.get("task")!r} run, not a VAR run')
     try:
       model = var_lib.VAR(**var_lib.resolve(cfg.model))
-    except ValueError as e:
+    except errors.ConfigError as e:
       raise errors.ConfigError(f'init.path={path}: {e}') from None
     params, step = checkpoint.restore_params(path)
     checkpoint.check_params(params, var_weights.param_shapes(model), f'init.path={path} step {step}')

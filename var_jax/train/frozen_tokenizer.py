@@ -43,7 +43,7 @@ class FrozenTokenizerTask(task_lib.Task):
   @staticmethod
   @abc.abstractmethod
   def resolve_model(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The network's attributes from a config's `model` group; ValueError for bad ones."""
+    """The network's attributes from a config's `model` group; ConfigError for bad ones."""
 
   @abc.abstractmethod
   def targets_and_inputs(self, tok_params: Any, batch: task_lib.Batch) -> tuple[jax.Array, Any]:
@@ -55,7 +55,7 @@ class FrozenTokenizerTask(task_lib.Task):
   def resolve(cls, c: ml_collections.ConfigDict) -> None:
     try:
       model = cls.resolve_model(c.model)
-    except ValueError as e:
+    except errors.ConfigError as e:
       raise errors.ConfigError(f'config: {e}') from None
     c.model.update(model)
     tok = c.tokenizer
@@ -84,7 +84,7 @@ class FrozenTokenizerTask(task_lib.Task):
   def columns(cls, c: ml_collections.ConfigDict) -> dict[str, Any]:
     try:
       model = cls.resolve_model(c.model)
-    except ValueError:
+    except errors.ConfigError:
       model = c.model.to_dict()
     return dict(depth=model.get('depth'), width=model.get('embed_dim'), heads=model.get('num_heads'))
 

@@ -87,7 +87,7 @@ def attributes(overrides: Mapping[str, Any] | None = None, what: str = 'tokenize
     cfg[key] = tuple(cfg[key])
   try:
     quantizer.check_patch_nums(cfg['patch_nums'])
-  except ValueError as e:
+  except errors.ConfigError as e:
     raise errors.ConfigError(f'{what}: {e}') from None
   return cfg
 
