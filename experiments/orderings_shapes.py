@@ -16,7 +16,7 @@ makes the comparison one of the transformers on equally arbitrary codes. For tra
   ... then add --config.base.tokenizer.path=ROOT/tok_{raster,scales}/tokenizer to the sweeps above.
 
 `:tokenizer_raster` is experiments/tokenizer_shapes.py:demo with one scale; both record their
-reconstruction PSNR in DONE (README, 'Next-token baseline', for the measured figures).
+reconstruction PSNR in DONE (measured figures: experiments/RESULTS.md, 'Next-scale against raster order').
 
 `:next_scale_tiny` and `:raster_tiny` are 2-depth, 3-step miniatures; `:test` is one 3-step next-token
 training config (tests/test_next_token.py). `var_jax.scaling.orderings` puts the two results side by side.
