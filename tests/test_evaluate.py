@@ -22,7 +22,7 @@ import pytest
 from scipy import linalg
 
 from var_jax import errors
-from var_jax import evaluate
+from var_jax.cli import evaluate
 from var_jax.eval import features
 from var_jax.eval import generate
 from var_jax.eval import quality
@@ -61,7 +61,7 @@ WRAPPER = textwrap.dedent('''
     import test_evaluate
     from var_jax.eval import features
     features.EXTRACTORS['tiny'] = test_evaluate.tiny_extractor
-    from var_jax import evaluate
+    from var_jax.cli import evaluate
     evaluate.run()
 ''').format(tests=str(REPO / 'tests'))
 

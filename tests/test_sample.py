@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from var_jax import errors
-from var_jax import sample
+from var_jax.cli import sample
 
 
 def test_image_grid_puts_each_class_on_a_row():

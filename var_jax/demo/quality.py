@@ -18,8 +18,8 @@ from absl import flags
 import numpy as np
 
 from var_jax import cli
-from var_jax import sample
-from var_jax import sampling_flags
+from var_jax.cli import sample
+from var_jax.cli import sampling_flags
 from var_jax.generate import generator
 from var_jax.train.rundir import RunDir
 

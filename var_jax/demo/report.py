@@ -36,7 +36,7 @@ def _zoomed(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
 def labelled_grid(npz: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
   """The samples of samples.npz, one row per class with its name on the left."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from var_jax import sample  # pylint: disable=g-import-not-at-top
+  from var_jax.cli import sample  # pylint: disable=g-import-not-at-top
   data = np.load(npz)
   names = [str(n) for n in data['class_names']]
   images = data['images']

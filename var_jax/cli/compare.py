@@ -166,7 +166,7 @@ class _Worker:
                                 if not f.startswith('--xla_force_host_platform_device_count'))
     self.framework = framework
     self._proc = subprocess.Popen(
-        [sys.executable, '-m', 'var_jax.compare', framework, json.dumps(dataclasses.asdict(s))],
+        [sys.executable, '-m', 'var_jax.cli.compare', framework, json.dumps(dataclasses.asdict(s))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     self.ready_s = self._read()['ready']
 
