@@ -129,7 +129,7 @@ def main(argv):
     _compare(f)
     return
   cfg = perf.bench_config(depth=f.depth, batch=f.batch, vocab=f.vocab, patch_nums=f['patch-nums'].value,
-                     dtype=f.dtype, steps=f.steps, mesh=f.mesh, remat=f.remat, attention=f.attention)
+                          dtype=f.dtype, steps=f.steps, mesh=f.mesh, remat=f.remat, attention=f.attention)
   engine = engine_lib.Engine(config_lib.resolve(cfg, jax.device_count()))
   peak = perf.peak_tflops(override=f['peak-tflops'].value)
   result = (bench_train if argv[1] == 'train' else bench_sample)(engine, f.steps, peak)
@@ -144,6 +144,3 @@ def run():
   _define_flags()
   cli.run(main, prog=PROG)
 
-
-if __name__ == '__main__':
-  run()

@@ -179,6 +179,3 @@ def run() -> None:
   _define_flags()
   cli.run(main, prog=PROG)
 
-
-if __name__ == '__main__':
-  run()

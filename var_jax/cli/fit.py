@@ -61,6 +61,3 @@ def run() -> None:
   _define_flags()
   cli.run(main, prog=PROG)
 
-
-if __name__ == '__main__':
-  run()

@@ -244,6 +244,3 @@ def run() -> None:
   flags.DEFINE_string('out', None, 'where to write the computed keys (.npz).')
   cli.run(main, prog=PROG)
 
-
-if __name__ == '__main__':
-  run()

@@ -88,6 +88,3 @@ def run():
   _define_flags()
   cli.run(main, prog=PROG)
 
-
-if __name__ == '__main__':
-  run()

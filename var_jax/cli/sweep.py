@@ -56,6 +56,3 @@ def run():
   _define_flags()
   cli.run(main, prog=PROG, rewrite_argv=_dashes_to_underscores)
 
-
-if __name__ == '__main__':
-  run()
