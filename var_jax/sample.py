@@ -5,8 +5,8 @@
   # a training run folder (config.json + checkpoints/); the tokenizer comes from its config
   python -m var_jax.sample --workdir=runs/d4 --classes=0,1,2 --samples_per_class=8 --out_dir=samples
 
-A run of task 'next_token' (raster order) samples the same way, one token per step (tokens.npz then
-holds its one map as idx_0).
+A run of task 'next_token' (raster order) samples the same way, one token per step, and one of task 'maskgit'
+in 8 parallel decoding steps (tokens.npz then holds their one map as idx_0).
 
 Defaults are the official evaluation setting (cfg 1.5, top-k 900, top-p 0.96); top-k is capped at the
 vocabulary size. Writes `<out_dir>/samples.png` and `<out_dir>/tokens.npz` (labels, idx_<k>).
@@ -25,7 +25,7 @@ from var_jax import errors
 from var_jax import paths
 
 PROG = 'var-sample'
-SAMPLED_TASKS = ('var', 'next_token')  # next-scale and next-token (raster) generation
+SAMPLED_TASKS = ('var', 'next_token', 'maskgit')  # next-scale, next-token (raster), masked parallel decoding
 
 
 def _define_flags() -> None:
@@ -136,7 +136,7 @@ def main(argv: Sequence[str]) -> None:
   except ValueError as e:
     raise errors.ConfigError(f'--classes: {e}') from None
 
-  sampler = next_token_sampling.make_sampler(var_model, vae_model)  # either ordering
+  sampler = next_token_sampling.make_sampler(var_model, vae_model)  # any ordering
   labels = np.repeat(np.asarray(classes, np.int32), f.samples_per_class)
   knobs = dict(cfg=f.cfg, top_k=min(f.top_k, var_model.vocab_size), top_p=f.top_p, more_smooth=f.more_smooth)
   batches = sample_batches(sampler, var_params, vae_params, labels, batch_size=f.batch_size, seed=f.seed, **knobs)

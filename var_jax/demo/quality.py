@@ -36,9 +36,9 @@ def _real_images(data_cfg: dict, split: str, n: int) -> tuple[np.ndarray, np.nda
 
 
 def _sample_run(run_dir: pathlib.Path, labels: np.ndarray, knobs: dict, batch_size: int, seed: int, on_batch):
-  from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
+  from var_jax.models import next_token_sampling  # pylint: disable=g-import-not-at-top
   var_model, var_params, vae_model, vae_params = sample.load_models(workdir=str(run_dir))
-  sampler = sampling.make_sampler(var_model, vae_model)
+  sampler = next_token_sampling.make_sampler(var_model, vae_model)  # any ordering
   knobs = dict(knobs, top_k=min(knobs['top_k'], var_model.vocab_size))
   parts = []
   for _, img in sample.sample_batches(sampler, var_params, vae_params, labels, batch_size=batch_size, seed=seed,

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax.models import maskgit as maskgit_lib
+from var_jax.models import maskgit_sampling
 from var_jax.models import next_token as next_token_lib
 from var_jax.models import sampling
 from var_jax.models import var as var_lib
@@ -99,8 +101,10 @@ class Sampler:
 
 
 def make_sampler(model: Any, vae_model: Any):
-  """The compile-once sampler for either ordering: this module's for a NextToken model,
-  `sampling.Sampler` for a VAR."""
+  """The compile-once sampler of any ordering: this module's for a NextToken model,
+  `maskgit_sampling.Sampler` for a MaskGIT, `sampling.Sampler` for a VAR."""
   if isinstance(model, next_token_lib.NextToken):
     return Sampler(model, vae_model)
+  if isinstance(model, maskgit_lib.MaskGIT):
+    return maskgit_sampling.Sampler(model, vae_model)
   return sampling.make_sampler(model, vae_model)

@@ -28,6 +28,16 @@ Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 
 
+def gradient_step(state: state_lib.TrainState, loss_fn, tx: optax.GradientTransformation,
+                  lr_fn: optax.Schedule) -> tuple[state_lib.TrainState, Metrics]:
+  """One optimizer step of `loss_fn(params) -> (loss, metrics)`; metrics gain grad_norm and lr."""
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 @dataclasses.dataclass(frozen=True)
 class Sizes:
   """A configuration's size, from its config alone (no devices, no weights).

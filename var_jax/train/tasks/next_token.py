@@ -49,11 +49,7 @@ def train_step(state, batch, rng, *, model, tokenizer, tx: optax.GradientTransfo
                              rngs={'dropout': step_rng})
     return loss_lib.var_loss(logits_BLV, idx_BL, model.patch_nums, label_smoothing=label_smoothing)
 
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return task_lib.gradient_step(state, loss_fn, tx, lr_fn)
 
 
 def eval_step(state, batch, *, model, tokenizer):
@@ -68,16 +64,23 @@ def _check(ok: bool, message: str) -> None:
 
 
 class NextTokenTask(var_task.VarTask):
-  """Raster next-token training; the single-scale tokenizer is frozen as in task 'var'."""
+  """Raster next-token training; the single-scale tokenizer is frozen as in task 'var'.
+
+  Other single-map orderings (tasks/maskgit.py) reuse this harness with their own model and FLOP order
+  (`model_cls`, `resolve_model`, `flop_order`) and their own steps.
+  """
 
   name = 'next_token'
+  model_cls = next_token_lib.NextToken
+  resolve_model = staticmethod(next_token_lib.resolve)
+  flop_order = 'raster'
   console_keys = ('loss', 'acc', 'lr', 'grad_norm')
   summary_keys = ('loss', 'acc')
 
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    # NextToken attributes (var_jax.models.next_token); None width/heads/drop-path follow model.depth.
+    # NextToken (or MaskGIT) attributes (var_jax.models.next_token); None width/heads/drop-path follow depth.
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=4096, patch_nums=PATCH_NUMS, num_classes=1000, depth=16,
         embed_dim=config_dict.placeholder(int), num_heads=config_dict.placeholder(int), mlp_ratio=4.0,
@@ -92,14 +95,14 @@ class NextTokenTask(var_task.VarTask):
   @classmethod
   def resolve(cls, c: ml_collections.ConfigDict) -> None:
     try:
-      model = next_token_lib.resolve(c.model)
+      model = cls.resolve_model(c.model)
     except ValueError as e:
       raise errors.ConfigError(f'config: {e}') from None
     c.model.update(model)
     tok = c.tokenizer
     if not tok.path:  # with a path, the loaded tokenizer is checked when the task is built
       _check(tuple(tok.patch_nums) == model['patch_nums'], f'tokenizer.patch_nums={tuple(tok.patch_nums)} '
-             f'differs from model.patch_nums={model["patch_nums"]} (the next-token model reads one map)')
+             f'differs from model.patch_nums={model["patch_nums"]} (the {cls.name} model reads one map)')
       _check(tok.vocab_size == model['vocab_size'], f'tokenizer.vocab_size={tok.vocab_size} differs from '
              f'model.vocab_size={model["vocab_size"]}')
     _check(c.data.name != data_config.TOKENS or tok.path, 'data.name="tokens" needs tokenizer.path (the '
@@ -111,24 +114,24 @@ class NextTokenTask(var_task.VarTask):
 
   @classmethod
   def sizes(cls, c: ml_collections.ConfigDict) -> task_lib.Sizes:
-    model = next_token_lib.resolve(c.model)
-    counts = flops.param_counts(model, order='raster')
+    model = cls.resolve_model(c.model)
+    counts = flops.param_counts(model, order=cls.flop_order)
     return task_lib.Sizes(
         params=counts['total'], params_nonembed=counts['nonembed'],
         tokens_per_example=flops.tokens_per_image(model['patch_nums']),
-        flops_per_example=flops.train_flops_per_image(model, order='raster'))
+        flops_per_example=flops.train_flops_per_image(model, order=cls.flop_order))
 
   @classmethod
   def columns(cls, c: ml_collections.ConfigDict) -> dict[str, Any]:
     try:
-      model = next_token_lib.resolve(c.model)
+      model = cls.resolve_model(c.model)
     except ValueError:
       model = c.model.to_dict()
     return dict(depth=model.get('depth'), width=model.get('embed_dim'), heads=model.get('num_heads'))
 
   def __init__(self, config: ml_collections.ConfigDict):  # pylint: disable=super-init-not-called
-    self.model_kwargs = next_token_lib.resolve(config.model)
-    self.model = next_token_lib.NextToken(**self.model_kwargs)
+    self.model_kwargs = self.resolve_model(config.model)
+    self.model = self.model_cls(**self.model_kwargs)
     self.patch_nums = tuple(self.model_kwargs['patch_nums'])
     self.tokenizer, self._tok_params = vqvae.from_config(config.tokenizer)
     have = (self.tokenizer.vocab_size, tuple(self.tokenizer.patch_nums))
