@@ -1,8 +1,11 @@
-"""Analytic parameter and training-FLOP counts for the VAR transformer and the next-token baseline.
+"""Analytic parameter and training-FLOP counts for the VAR transformer and the single-map orderings.
 
 `order='raster'` counts the next-token model (var_jax.models.next_token) with the same conventions: one
 n x n map of L = n² tokens, a token embedding table (a lookup, no FLOPs) in place of word_embed and
-lvl_embed, and the causal mask's L(L + 1)/2 pairs.
+lvl_embed, and the causal mask's L(L + 1)/2 pairs. `order='masked'` counts MaskGIT
+(var_jax.models.maskgit): the same map with a [MASK] row in the table, no start token, and no mask (all
+L² pairs); training scores the masked positions only but runs the whole map, so its FLOPs are the full
+forward's, and sampling is T full passes.
 
 Counts follow the official architecture (FoundationVision/VAR `models/var.py`, `models/basic_var.py`):
 
@@ -42,25 +45,30 @@ import jax
 from jax.extend import core as jax_core
 
 from var_jax.models import attention as attention_lib
+from var_jax.models import maskgit as maskgit_lib
+from var_jax.models import maskgit_sampling
 from var_jax.models import next_token as next_token_lib
 from var_jax.models import var as var_lib
 
-ORDERS = ('next_scale', 'raster')  # VAR (var_jax.models.var), the next-token baseline (models.next_token)
+# VAR (var_jax.models.var), the next-token baseline (models.next_token), MaskGIT (models.maskgit)
+ORDERS = ('next_scale', 'raster', 'masked')
+_RESOLVE = {'next_scale': var_lib.resolve, 'raster': next_token_lib.resolve, 'masked': maskgit_lib.resolve}
 
 
 def _resolve(model_kwargs: Mapping[str, Any], order: str = 'next_scale') -> dict:
-  """Model attributes with defaults and the depth rule (`var.resolve` or `next_token.resolve`),
-  refusing a non-positive depth."""
+  """Model attributes with defaults and the depth rule (the order's model `resolve`), refusing a
+  non-positive depth."""
   depth = model_kwargs.get('depth')
   if depth is not None and (not isinstance(depth, int) or depth < 1):
     raise ValueError(f'model.depth must be a positive int, got {depth!r}')
   if order not in ORDERS:
     raise ValueError(f'order={order!r}; expected one of {ORDERS}')
-  return (next_token_lib.resolve if order == 'raster' else var_lib.resolve)(model_kwargs)
+  return _RESOLVE[order](model_kwargs)
 
 
 def _mask_blocks(kw: Mapping[str, Any], order: str) -> tuple[int, ...]:
-  """The block sizes of the attention mask: VAR's scales, or one token per block (causal)."""
+  """The block sizes of the attention mask: VAR's scales, one token per block (causal), or the one map
+  (masked: a single block, no mask)."""
   if order == 'raster':
     return next_token_lib.causal_blocks(tokens_per_image(kw['patch_nums']))
   return kw['patch_nums']
@@ -87,7 +95,8 @@ def param_breakdown(model_kwargs: Mapping[str, Any], order: str = 'next_scale') 
   """Parameter count per component (see the module docstring for the components).
 
   order='raster' (the next-token model): a token embedding table `tok_embed` (V, C) replaces
-  word_embed, pos_start is (1, C), and there is no lvl_embed.
+  word_embed, pos_start is (1, C), and there is no lvl_embed. order='masked' (MaskGIT): `tok_embed` is
+  (V + 1, C) with the [MASK] row, and there is no pos_start.
   """
   kw = _resolve(model_kwargs, order)
   c, depth, v = kw['embed_dim'], kw['depth'], kw['vocab_size']
@@ -108,6 +117,9 @@ def param_breakdown(model_kwargs: Mapping[str, Any], order: str = 'next_scale') 
   if order == 'raster':
     inputs = dict(tok_embed=v * c, class_emb=(kw['num_classes'] + 1) * c, pos_start=c,
                   pos_1LC=tokens_per_image(pns) * c)
+  if order == 'masked':
+    inputs = dict(tok_embed=(v + 1) * c, class_emb=(kw['num_classes'] + 1) * c, pos_1LC=tokens_per_image(pns) * c)
+  if order in ('raster', 'masked'):
     return dict(inputs, shared_ada_lin=shared_ada, blocks=depth * block, head_nm=c * 2 * c + 2 * c,
                 head=c * v + v)
   return dict(
@@ -149,7 +161,7 @@ def forward_flops_breakdown(model_kwargs: Mapping[str, Any], attention: str | No
   pns = kw['patch_nums']
   seq = tokens_per_image(pns)
   ada_layers = 1 if kw['shared_aln'] else depth
-  word_embed = 0.0 if order == 'raster' else 2.0 * (seq - pns[0] ** 2) * kw['cvae'] * c
+  word_embed = 0.0 if order in ('raster', 'masked') else 2.0 * (seq - pns[0] ** 2) * kw['cvae'] * c
   return dict(
       word_embed=word_embed,
       adaln=2.0 * ada_layers * c * 6 * c + 2.0 * c * 2 * c,  # blocks + head_nm, once per image
@@ -167,13 +179,15 @@ def train_flops_per_image(model_kwargs: Mapping[str, Any], attention: str | None
 
 
 def sample_flops_per_image(model_kwargs: Mapping[str, Any], order: str = 'next_scale',
-                           cfg: bool = True) -> float:
-  """Transformer matmul FLOPs to generate one image with the KV cache: every token passes the blocks
-  once and attends to the pairs the mask keeps, so this is the forward count, twice with CFG (the
-  batch holds a conditional and an unconditional row). The AdaLN linears are counted once per image
-  as in training (the samplers recompute them at each step: K times for VAR, n² for raster); the
-  tokenizer's decoder, the same for both orders, is left out."""
-  return (2.0 if cfg else 1.0) * sum(forward_flops_breakdown(model_kwargs, None, order).values())
+                           cfg: bool = True, steps: int = maskgit_sampling.DEFAULT_STEPS) -> float:
+  """Transformer matmul FLOPs to generate one image, twice with CFG (the batch holds a conditional and
+  an unconditional row). next_scale and raster decode with the KV cache: every token passes the blocks
+  once and attends to the pairs the mask keeps, so this is the forward count; their AdaLN linears are
+  counted once per image as in training (the samplers recompute them at each step: K times for VAR,
+  n² for raster). masked (MaskGIT) runs the whole map `steps` times (T full forward passes, AdaLN
+  included). The tokenizer's decoder, the same for every order, is left out."""
+  passes = steps if order == 'masked' else 1
+  return (2.0 if cfg else 1.0) * passes * sum(forward_flops_breakdown(model_kwargs, None, order).values())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
   python -m var_jax.sample --workdir=runs/d4 --classes=0,1,2 --samples_per_class=8 --out_dir=samples
 
 Any ordering a run trained samples (`var_jax.generate.orderings`): a run of task 'next_token' (raster order)
-one token per step (tokens.npz then holds its one map as idx_0). Sampling goes through the one driver
+one token per step, one of task 'maskgit' in 8 parallel decoding steps (tokens.npz then holds their one map
+as idx_0). Sampling goes through the one driver
 (`var_jax.eval.generate.DataParallelSampler`): sample i draws with fold_in(key(seed), i). Defaults are the
 official evaluation setting (cfg 1.5, top-k 900, top-p 0.96); top-k is capped at the vocabulary size. Writes
 `<out_dir>/samples.png` and `<out_dir>/tokens.npz` (labels, idx_<k>).

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from var_jax import errors
+from var_jax.models import maskgit as maskgit_lib
+from var_jax.models import maskgit_sampling
 from var_jax.models import next_token as next_token_lib
 from var_jax.models import next_token_sampling
 from var_jax.models import sampling
@@ -47,15 +49,18 @@ class Ordering:
       raise errors.ConfigError(f'{what}: {e}') from None
 
 
-def _next_token_params(model: next_token_lib.NextToken) -> Any:
+def _single_map_params(model: Any) -> Any:
+  """Params of a network that reads one token map (NextToken, MaskGIT)."""
   label, idx = jnp.zeros((1,), jnp.int32), jnp.zeros((1, model.seq_len), jnp.int32)
   return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), label, idx)['params'])
 
 
 _ORDERINGS: dict[str, Ordering] = {
     'var': Ordering('var', var_lib.VAR, var_lib.resolve, var_weights.param_shapes, sampling.make_sampler),
-    'next_token': Ordering('next_token', next_token_lib.NextToken, next_token_lib.resolve, _next_token_params,
+    'next_token': Ordering('next_token', next_token_lib.NextToken, next_token_lib.resolve, _single_map_params,
                            next_token_sampling.Sampler),
+    'maskgit': Ordering('maskgit', maskgit_lib.MaskGIT, maskgit_lib.resolve, _single_map_params,
+                        maskgit_sampling.Sampler),
 }
 
 
@@ -80,6 +85,6 @@ def get(task: str, what: str = 'run') -> Ordering:
 def of_model(model: Any) -> Ordering:
   """The ordering whose network `model` is (an official VAR, or any registered network)."""
   for ordering in _ORDERINGS.values():
-    if isinstance(model, ordering.model_type):
+    if type(model) is ordering.model_type:  # pylint: disable=unidiomatic-typecheck  # subclasses are others
       return ordering
   raise errors.ConfigError(f'{type(model).__name__}: no registered ordering samples it; known: {tasks()}')

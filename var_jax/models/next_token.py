@@ -27,9 +27,8 @@ import jax.numpy as jnp
 from var_jax import errors
 from var_jax.models import transformer
 from var_jax.models import var as var_lib
-from var_jax.models.transformer import DTYPES
 
-_FIELDS = ('vocab_size', 'patch_nums', 'num_classes', 'depth', 'embed_dim', 'num_heads', 'mlp_ratio',
+FIELDS = ('vocab_size', 'patch_nums', 'num_classes', 'depth', 'embed_dim', 'num_heads', 'mlp_ratio',
            'norm_eps', 'shared_aln', 'attn_l2_norm', 'cond_drop_rate', 'drop_path_rate', 'dtype',
            'scan_layers', 'remat_policy', 'attention')
 
@@ -37,16 +36,16 @@ _FIELDS = ('vocab_size', 'patch_nums', 'num_classes', 'depth', 'embed_dim', 'num
 def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
   """NextToken attributes from a config (dict or ConfigDict), with VAR's depth rule for the fields
   left None or missing; ConfigError for unknown keys or values that cannot build."""
-  out = transformer.resolve_attributes(NextToken, _FIELDS, model_cfg, 'next-token')
-  _validate(out)
+  out = transformer.resolve_attributes(NextToken, FIELDS, model_cfg, 'next-token')
+  validate(out)
   return out
 
 
-def _validate(a: Mapping[str, Any]) -> None:
+def validate(a: Mapping[str, Any]) -> None:
   transformer.validate(a)
   if len(a['patch_nums']) != 1 or a['patch_nums'][0] <= 0:
-    raise errors.ConfigError(f"model.patch_nums={a['patch_nums']} must be one positive map side (n,) for the "
-                     'next-token model')
+    raise errors.ConfigError(f"model.patch_nums={a['patch_nums']} must be one positive map side (n,) for a "
+                             'single-map model (next-token, MaskGIT)')
 
 
 def causal_blocks(seq_len: int) -> tuple[int, ...]:
@@ -82,30 +81,17 @@ class NextToken(nn.Module):
     return (self.depth, batch, self.seq_len, self.num_heads, self.embed_dim // self.num_heads)
 
   def setup(self):
-    _validate({f: getattr(self, f) for f in _FIELDS})
+    validate({f: getattr(self, f) for f in FIELDS})
     C, L = self.embed_dim, self.seq_len
     init = transformer.trunc_normal(math.sqrt(1 / (3 * C)))
-    self._cdtype = DTYPES[self.dtype]
     self.tok_embed = transformer.param(self, 'tok_embed', init, (self.vocab_size, C), ('vocab', 'embed'))
     self.class_emb = transformer.param(self, 'class_emb', init, (self.num_classes + 1, C), (None, 'embed'))
     self.pos_start = transformer.param(self, 'pos_start', init, (1, C), (None, 'embed'))
     self.pos_embed = transformer.param(self, 'pos_embed', init, (L, C), (None, 'embed'))
-    if self.shared_aln:
-      self.shared_ada_lin = transformer.Linear((6, C), ('embed', None, None), math.sqrt(1 / (3 * C)),
-                                               name='shared_ada_lin')
-    self.blocks = transformer.make_blocks(
-        depth=self.depth, scan_layers=self.scan_layers, remat_policy=self.remat_policy, embed_dim=C,
-        num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, norm_eps=self.norm_eps,
-        shared_aln=self.shared_aln, attn_l2_norm=self.attn_l2_norm,
-        use_drop_path=self.drop_path_rate > 0, attention=self.attention,
-        patch_nums=causal_blocks(L), dtype=self._cdtype)
-    self.head_nm, self.head = transformer.head_layers(C, self.vocab_size)
+    transformer.setup_trunk(self, causal_blocks(L))
 
   def _trunk(self, h_BLC, cond_BD, kv, train, start):
-    cond = self.shared_ada_lin(nn.silu(cond_BD)) if self.shared_aln else cond_BD
-    h_BLC, kv = transformer.run_blocks(self.blocks, h_BLC.astype(self._cdtype), cond, depth=self.depth,
-                                       drop_rate=self.drop_path_rate, kv=kv, train=train, start=start)
-    return transformer.adaln_logits(self.head_nm, self.head, h_BLC, cond_BD, self.norm_eps), kv
+    return transformer.run_trunk(self, h_BLC, cond_BD, kv=kv, train=train, start=start)
 
   # ---- teacher forcing --------------------------------------------------------------------------
 

@@ -81,7 +81,7 @@ def check_fits(model: Any, vae_model: Any, pairs: tuple[tuple[str, str], ...]) -
 KV_CACHE_AXES = ('layers', 'batch', 'length', 'heads', 'kv')
 
 
-def _split3(rng):
+def split3(rng):
   """Three keys from one key, or three per-row key arrays from keys (B,) (row b's from rng[b] alone)."""
   if rng.ndim == 0:
     return tuple(jax.random.split(rng, 3))
@@ -89,7 +89,7 @@ def _split3(rng):
   return keys_B3[:, 0], keys_B3[:, 1], keys_B3[:, 2]
 
 
-def _per_row(draw, key, x_B):
+def per_row(draw, key, x_B):
   """draw(key, x) on the whole batch with one key, or row by row with keys (B,)."""
   return draw(key, x_B) if key.ndim == 0 else jax.vmap(draw)(key, x_B)
 
@@ -151,16 +151,16 @@ class Sampler:
     ratio = guidance_ratio(k, len(self.patch_nums))
     t = cfg * ratio
     logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
-    rng, key_sample, key_gumbel = _split3(state['rng'])
+    rng, key_sample, key_gumbel = split3(state['rng'])
     # Skips the two vocabulary sorts when no filter is on.
     logits_BlV = jax.lax.cond(jnp.logical_or(top_k > 0, top_p > 0),
                               lambda x: filter_top_k_top_p(x, top_k, top_p), lambda x: x, logits_BlV)
     categorical = lambda key, x: jax.random.categorical(key, x, axis=-1)
-    idx_Bl = _per_row(categorical, key_sample, logits_BlV).astype(jnp.int32)
+    idx_Bl = per_row(categorical, key_sample, logits_BlV).astype(jnp.int32)
 
     def smooth_h():
       tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-      gumbel_BlV = _per_row(lambda key, x: jax.random.gumbel(key, x.shape), key_gumbel, logits_BlV)
+      gumbel_BlV = per_row(lambda key, x: jax.random.gumbel(key, x.shape), key_gumbel, logits_BlV)
       soft_BlV = jax.nn.softmax((logits_BlV * (1 + ratio) + gumbel_BlV) / tau, axis=-1)
       codebook_VC = self.vae.apply(vae_vars, jnp.arange(self.vae.vocab_size)[None],
                                    method='embed')[0]

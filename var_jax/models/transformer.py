@@ -314,6 +314,29 @@ def run_blocks(blocks, x_BLC, cond, *, depth: int, drop_rate: float, kv, train: 
   return x_BLC, tuple(jnp.stack([c[j] for c in new_kv]) for j in range(2))
 
 
+def setup_trunk(module: nn.Module, mask_blocks: tuple[int, ...]) -> None:
+  """In a single-map model's `setup` (next-token, MaskGIT): assigns `shared_ada_lin` (when shared_aln),
+  `blocks` and `head_nm`/`head` from the module's trunk attributes; `mask_blocks` are the attention
+  mask's block sides (`(1,) * L` causal, `(n,)` one block: bidirectional)."""
+  C = module.embed_dim
+  if module.shared_aln:
+    module.shared_ada_lin = Linear((6, C), ('embed', None, None), math.sqrt(1 / (3 * C)), name='shared_ada_lin')
+  module.blocks = make_blocks(
+      depth=module.depth, scan_layers=module.scan_layers, remat_policy=module.remat_policy, embed_dim=C,
+      num_heads=module.num_heads, mlp_ratio=module.mlp_ratio, norm_eps=module.norm_eps,
+      shared_aln=module.shared_aln, attn_l2_norm=module.attn_l2_norm, use_drop_path=module.drop_path_rate > 0,
+      attention=module.attention, patch_nums=tuple(mask_blocks), dtype=DTYPES[module.dtype])
+  module.head_nm, module.head = head_layers(C, module.vocab_size)
+
+
+def run_trunk(module: nn.Module, h_BLC, cond_BD, *, kv, train: bool, start):
+  """`setup_trunk`'s stack and head on inputs h_BLC conditioned on cond_BD -> (logits_BLV f32, kv)."""
+  cond = module.shared_ada_lin(nn.silu(cond_BD)) if module.shared_aln else cond_BD
+  h_BLC, kv = run_blocks(module.blocks, h_BLC.astype(DTYPES[module.dtype]), cond, depth=module.depth,
+                         drop_rate=module.drop_path_rate, kv=kv, train=train, start=start)
+  return adaln_logits(module.head_nm, module.head, h_BLC, cond_BD, module.norm_eps), kv
+
+
 def head_layers(embed_dim: int, vocab_size: int) -> tuple[Linear, Linear]:
   """(head_nm, head) Linears for `adaln_logits`; assign each to its own attribute in `setup`."""
   std = math.sqrt(1 / (3 * embed_dim))

@@ -1,10 +1,11 @@
-"""Next-scale against next-token: the two orderings' sweeps side by side (`python -m var_jax.orderings`).
+"""Next-scale, next-token and masked decoding: the orderings' sweeps side by side (`python -m var_jax.orderings`).
 
-Reads ROOT/next_scale and ROOT/raster, each a sweep root (var_jax.scaling.sweep) of the same data, steps
-and depths (experiments/orderings_*.py), and writes ROOT/orderings.md (one table) and ROOT/orderings.png
-(one figure). Per finished run: parameters, training FLOPs, the transformer's sampling FLOPs per image
+Reads ROOT/next_scale, ROOT/raster and ROOT/masked, each a sweep root (var_jax.scaling.sweep) of the same
+data, steps and depths (experiments/orderings_*.py, experiments/maskgit_shapes.py), at least two of them,
+and writes ROOT/orderings.md (one table) and ROOT/orderings.png (one figure). Per finished run: parameters,
+training FLOPs, the transformer's sampling FLOPs per image
 (`flops.sample_flops_per_image`, with CFG), the measured sampling wall time per image (the run's last
-checkpoint through its compile-once sampler, after one warm-up batch), and its own eval loss and token
+checkpoint through the generator and the sampling driver, after one warm-up batch), and its own eval loss and token
 accuracy; per ordering, the power law of eval loss against training FLOPs with its bootstrap interval.
 
 The two losses predict different token sequences (30 tokens of 4 scales against 16 raster tokens of one
@@ -26,7 +27,8 @@ from var_jax.generate import generator
 from var_jax.scaling import fit
 from var_jax.train import rundir as rundir_lib
 
-ORDERS = (('next_scale', 'var'), ('raster', 'next_token'))
+ORDERS = (('next_scale', 'var'), ('raster', 'next_token'), ('masked', 'maskgit'))  # (order, task)
+MIN_ORDERS = 2
 COLUMNS = ('order', 'run_id', 'depth', 'params', 'train_flops', 'sample_flops', 'sample_s_per_image', 'loss',
            'acc')
 
@@ -46,13 +48,15 @@ def sampling_seconds(run_dir: str, *, batch: int = 16, repeats: int = 2, seed: i
 
 
 def rows(root: str, *, time_sampling: bool = True) -> list[dict[str, Any]]:
-  """One row per finished run of both orderings (COLUMNS)."""
-  for order, _ in ORDERS:  # both, before any work
-    table_path = os.path.join(root, order, 'results.csv')
-    if not os.path.exists(table_path):
-      raise errors.DataError(f'{table_path}: missing; run the {order} sweep first (experiments/orderings_*.py)')
+  """One row per finished run of the orderings whose sweep tables are present (COLUMNS), at least MIN_ORDERS."""
+  tables = {order: os.path.join(root, order, 'results.csv') for order, _ in ORDERS}
+  present = [(order, task) for order, task in ORDERS if os.path.exists(tables[order])]  # before any work
+  if len(present) < MIN_ORDERS:
+    order = next(o for o, _ in ORDERS if (o, dict(ORDERS)[o]) not in present)
+    raise errors.DataError(f'{tables[order]}: missing; run the {order} sweep first (experiments/orderings_*.py, '
+                           f'experiments/maskgit_shapes.py): the comparison needs at least {MIN_ORDERS} orderings')
   out = []
-  for order, task in ORDERS:
+  for order, task in present:
     table = fit.load_table(os.path.join(root, order, 'results.csv'))
     for i, run_id in enumerate(table['run_id']):
       if table['status'][i] not in fit.OK_STATUSES:
@@ -60,10 +64,9 @@ def rows(root: str, *, time_sampling: bool = True) -> list[dict[str, Any]]:
       run_dir = os.path.join(root, order, run_id)
       model = (rundir_lib.RunDir(run_dir).config_json() or {}).get('model', {})
       kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.items()}
-      flop_order = 'raster' if task == 'next_token' else 'next_scale'
       out.append(dict(
           order=order, run_id=run_id, depth=int(table['depth'][i]), params=int(table['params'][i]),
-          train_flops=float(table['flops'][i]), sample_flops=flops.sample_flops_per_image(kwargs, flop_order),
+          train_flops=float(table['flops'][i]), sample_flops=flops.sample_flops_per_image(kwargs, order),
           sample_s_per_image=sampling_seconds(run_dir) if time_sampling else float('nan'),
           loss=float(table['loss'][i]), acc=float(table['acc'][i])))
   return out
@@ -101,6 +104,8 @@ def figure(table: Sequence[dict[str, Any]], path: str) -> None:
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
   for order, _ in ORDERS:
     mine = [r for r in table if r['order'] == order]
+    if not mine:
+      continue
     ax1.loglog([r['train_flops'] for r in mine], [r['loss'] for r in mine], 'o-', label=order)
     ax2.loglog([r['sample_flops'] for r in mine], [r['sample_s_per_image'] for r in mine], 'o-', label=order)
   ax1.set(xlabel='training FLOPs', ylabel='eval loss (own ordering; not comparable across)')

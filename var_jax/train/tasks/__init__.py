@@ -14,6 +14,7 @@ _MODULES = {
     'tokenizer': 'var_jax.train.tasks.tokenizer',
     'classifier': 'var_jax.train.tasks.classifier',
     'next_token': 'var_jax.train.tasks.next_token',
+    'maskgit': 'var_jax.train.tasks.maskgit',
 }
 _REGISTERED: dict[str, type] = {}
 

@@ -31,7 +31,11 @@ def tokens(tokenizer, tok_params, batch: dict) -> jax.Array:
 
 
 class NextTokenTask(frozen_tokenizer.FrozenTokenizerTask):
-  """Raster next-token training on a frozen single-scale tokenizer (as task 'var')."""
+  """Raster next-token training on a frozen single-scale tokenizer (as task 'var').
+
+  Other single-map orderings (tasks/maskgit.py) take its config groups with their own network and FLOP order
+  (`model_type`, `resolve_model`, `order`) and their own steps.
+  """
 
   name = 'next_token'
   console_keys = ('loss', 'acc', 'lr', 'grad_norm')
@@ -43,7 +47,7 @@ class NextTokenTask(frozen_tokenizer.FrozenTokenizerTask):
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    # NextToken attributes (var_jax.models.next_token); None width/heads/drop-path follow model.depth.
+    # NextToken (or MaskGIT) attributes (var_jax.models.next_token); None width/heads/drop-path follow depth.
     c.model = ml_collections.ConfigDict(dict(
         vocab_size=4096, patch_nums=PATCH_NUMS, num_classes=1000, depth=16,
         embed_dim=config_dict.placeholder(int), num_heads=config_dict.placeholder(int), mlp_ratio=4.0,
