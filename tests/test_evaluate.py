@@ -157,7 +157,8 @@ def test_draw_pads_the_last_batch_and_keys_each_sample_by_its_index():
   def fake_sampler(var_params, vae_params, labels, keys, **knobs):
     calls.append((np.asarray(labels), knobs))
     idx = [np.tile(np.asarray(labels)[:, None], (1, n)) for n in (1, 4)]
-    return idx, np.asarray(jax.random.uniform(keys[0], ())) * np.ones((len(labels), 2, 2, 3), np.float32)
+    u_B = np.asarray(jax.vmap(lambda key: jax.random.uniform(key, ()))(keys))  # each row from its own key
+    return idx, u_B[:, None, None, None] * np.ones((len(labels), 2, 2, 3), np.float32)
 
   dp = generate.DataParallelSampler(fake_sampler, {}, {}, batch_size=2, devices=jax.devices()[:1])
   tokens, images = dp.draw([1, 1, 2, 2, 3], np.arange(5), seed=0, cfg=2.0)
@@ -166,8 +167,9 @@ def test_draw_pads_the_last_batch_and_keys_each_sample_by_its_index():
   assert calls[0][1] == {'cfg': 2.0}
   np.testing.assert_array_equal(tokens[0][:, 0], [1, 1, 2, 2, 3])
   assert tokens[1].shape == (5, 4) and images.shape == (5, 2, 2, 3) and images.dtype == np.uint8
-  alone = dp.draw([2], [2], seed=0)[1]  # sample 2's image depends on its index, not on its batch
-  np.testing.assert_array_equal(alone[0], images[2])
+  alone = dp.draw([2], [3], seed=0)[1]  # sample 3's image depends on its index, not on its batch or row
+  np.testing.assert_array_equal(alone[0], images[3])
+  assert not np.array_equal(images[2], images[3])
 
 
 def test_plan_labels_are_class_balanced_and_counts_must_divide():
