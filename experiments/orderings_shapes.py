@@ -1,25 +1,29 @@
-"""Next-scale (VAR) against next-token (raster) on 32px synthetic shapes: the CPU-sized comparison sweep.
+"""Next-scale (VAR) against next-token (raster) and masked decoding (MaskGIT) on 32px synthetic shapes: the
+CPU-sized comparison sweep.
 
-One sweep per ordering, on the same data, batch, steps, learning-rate rule and depths, into two roots:
+One sweep per ordering, on the same data, batch, steps, learning-rate rule and depths, into one root each:
 
   python -m var_jax.sweep --config=experiments/orderings_shapes.py:next_scale --workdir=ROOT/next_scale
   python -m var_jax.sweep --config=experiments/orderings_shapes.py:raster --workdir=ROOT/raster
+  python -m var_jax.sweep --config=experiments/orderings_shapes.py:masked --workdir=ROOT/masked
 
 Tokenizers (the same VQVAE architecture, 64 codes of 8 channels, 32px images onto a 4x4 latent):
   next_scale  the multi-scale tokenizer, scales (1, 2, 3, 4): 30 tokens per image;
-  raster      the single-scale one, `patch_nums = (4,)` (a plain VQVAE): 16 tokens in raster order.
-By default both are randomly initialised from the same seed (as experiments/shapes_scaling.py), which
+  raster      the single-scale one, `patch_nums = (4,)` (a plain VQVAE): 16 tokens in raster order;
+  masked      the same single-scale one: 16 tokens decoded in 8 parallel steps.
+By default both tokenizers are randomly initialised from the same seed (as experiments/shapes_scaling.py), which
 makes the comparison one of the transformers on equally arbitrary codes. For trained tokenizers:
 
   python -m var_jax.train --config=experiments/orderings_shapes.py:tokenizer_raster --workdir=ROOT/tok_raster
   python -m var_jax.train --config=experiments/tokenizer_shapes.py:demo --workdir=ROOT/tok_scales
-  ... then add --config.base.tokenizer.path=ROOT/tok_{raster,scales}/tokenizer to the sweeps above.
+  ... then add --config.base.tokenizer.path=ROOT/tok_{raster,scales}/tokenizer to the sweeps above (tok_raster
+  for raster and masked).
 
 `:tokenizer_raster` is experiments/tokenizer_shapes.py:demo with one scale; both record their
 reconstruction PSNR in DONE (measured figures: experiments/RESULTS.md, 'Next-scale against raster order').
 
-`:next_scale_tiny` and `:raster_tiny` are 2-depth, 3-step miniatures; `:test` is one 3-step next-token
-training config (tests/test_next_token.py). `var_jax.scaling.orderings` puts the two results side by side.
+`:next_scale_tiny`, `:raster_tiny` and `:masked_tiny` are 2-depth, 3-step miniatures; `:test` is one 3-step
+next-token training config (tests/test_next_token.py). `var_jax.scaling.orderings` puts the results side by side.
 """
 import importlib.util
 import os
@@ -28,7 +32,7 @@ import ml_collections
 
 from var_jax.train import config as config_lib
 
-ORDERS = {'next_scale': ('var', (1, 2, 3, 4)), 'raster': ('next_token', (4,))}
+ORDERS = {'next_scale': ('var', (1, 2, 3, 4)), 'raster': ('next_token', (4,)), 'masked': ('maskgit', (4,))}
 SIZES = {'full': dict(depths=(1, 2, 3), steps=300, eval_every=100, eval_batches=8),
          'tiny': dict(depths=(1, 2), steps=3, eval_every=3, eval_batches=1)}
 

@@ -117,7 +117,7 @@ def param_breakdown(model_kwargs: Mapping[str, Any], order: str = 'next_scale') 
   if order == 'raster':
     inputs = dict(tok_embed=v * c, class_emb=(kw['num_classes'] + 1) * c, pos_start=c,
                   pos_1LC=tokens_per_image(pns) * c)
-  if order == 'masked':
+  elif order == 'masked':
     inputs = dict(tok_embed=(v + 1) * c, class_emb=(kw['num_classes'] + 1) * c, pos_1LC=tokens_per_image(pns) * c)
   if order in ('raster', 'masked'):
     return dict(inputs, shared_ada_lin=shared_ada, blocks=depth * block, head_nm=c * 2 * c + 2 * c,
