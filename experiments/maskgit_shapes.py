@@ -28,7 +28,7 @@ from var_jax.train import config as config_lib
 PATCH_NUMS = (8,)
 # (depth, width): 40K, 121K, 195K, 410K and 998K parameters with vocab 256 (8x8 map).
 SIZES = ((1, 32), (1, 64), (2, 64), (2, 96), (3, 128))
-SETTINGS = {'full': dict(sizes=SIZES, steps=500, batch_size=16, warmup=20, eval_every=500, eval_batches=8,
+SETTINGS = {'full': dict(sizes=SIZES, steps=400, batch_size=16, warmup=20, eval_every=400, eval_batches=8,
                          eval_batch=128, steps_per_call=25),
             'tiny': dict(sizes=SIZES[:2], steps=4, batch_size=8, warmup=1, eval_every=2, eval_batches=2,
                          eval_batch=8, steps_per_call=2)}
