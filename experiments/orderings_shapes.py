@@ -20,7 +20,7 @@ makes the comparison one of the transformers on equally arbitrary codes. For tra
   for raster and masked).
 
 `:tokenizer_raster` is experiments/tokenizer_shapes.py:demo with one scale; both record their
-reconstruction PSNR in DONE (README, 'Next-token baseline', for the measured figures).
+reconstruction PSNR in DONE (measured figures: experiments/RESULTS.md, 'Next-scale against raster order').
 
 `:next_scale_tiny`, `:raster_tiny` and `:masked_tiny` are 2-depth, 3-step miniatures; `:test` is one 3-step
 next-token training config (tests/test_next_token.py). `var_jax.scaling.orderings` puts the results side by side.

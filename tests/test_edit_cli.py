@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from var_jax import edit
+from var_jax.cli import edit
 from var_jax import errors
 from var_jax.models import tokenizer
 from var_jax.models import var as var_lib

@@ -22,11 +22,11 @@ import pytest
 from scipy import linalg
 
 from var_jax import errors
-from var_jax import evaluate
-from var_jax import sample
+from var_jax.cli import evaluate
 from var_jax.eval import features
 from var_jax.eval import generate
 from var_jax.eval import quality
+from var_jax.generate import generator
 from var_jax.models import sampling
 from var_jax.models import tokenizer
 from var_jax.models import var as var_lib
@@ -61,7 +61,7 @@ WRAPPER = textwrap.dedent('''
     import test_evaluate
     from var_jax.eval import features
     features.EXTRACTORS['tiny'] = test_evaluate.tiny_extractor
-    from var_jax import evaluate
+    from var_jax.cli import evaluate
     evaluate.run()
 ''').format(tests=str(REPO / 'tests'))
 
@@ -151,6 +151,27 @@ def _images(out_dir, plan):
   return np.concatenate([c['images'] for c in generate.iter_chunks(str(out_dir), plan)])
 
 
+def test_draw_pads_the_last_batch_and_keys_each_sample_by_its_index():
+  calls = []
+
+  def fake_sampler(var_params, vae_params, labels, keys, **knobs):
+    calls.append((np.asarray(labels), knobs))
+    idx = [np.tile(np.asarray(labels)[:, None], (1, n)) for n in (1, 4)]
+    u_B = np.asarray(jax.vmap(lambda key: jax.random.uniform(key, ()))(keys))  # each row from its own key
+    return idx, u_B[:, None, None, None] * np.ones((len(labels), 2, 2, 3), np.float32)
+
+  dp = generate.DataParallelSampler(fake_sampler, {}, {}, batch_size=2, devices=jax.devices()[:1])
+  tokens, images = dp.draw([1, 1, 2, 2, 3], np.arange(5), seed=0, cfg=2.0)
+  assert [len(c[0]) for c in calls] == [2, 2, 2]  # same shape every call: no recompilation
+  np.testing.assert_array_equal(calls[-1][0], [3, 3])
+  assert calls[0][1] == {'cfg': 2.0}
+  np.testing.assert_array_equal(tokens[0][:, 0], [1, 1, 2, 2, 3])
+  assert tokens[1].shape == (5, 4) and images.shape == (5, 2, 2, 3) and images.dtype == np.uint8
+  alone = dp.draw([2], [3], seed=0)[1]  # sample 3's image depends on its index, not on its batch or row
+  np.testing.assert_array_equal(alone[0], images[3])
+  assert not np.array_equal(images[2], images[3])
+
+
 def test_plan_labels_are_class_balanced_and_counts_must_divide():
   np.testing.assert_array_equal(_plan().labels(np.arange(N)), [0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2])
   assert [len(_plan().chunk_indices(c)) for c in range(_plan(chunk_size=5).num_chunks)] == [4, 4, 4]
@@ -193,9 +214,7 @@ def test_killed_evaluation_resumes_without_recomputing_chunks(setup, tmp_path):
 def test_two_processes_of_two_devices_give_one_devices_images_and_metrics(setup, tmp_path):
   """Of a training run folder (--workdir): every process restores its params (defect: only process 0 did)."""
   plan = _plan()
-  var, var_params, vae, vae_params = sample.load_models(workdir=str(setup['run']))
-  dp = generate.DataParallelSampler(sampling.make_sampler(var, vae), var_params, vae_params, batch_size=2,
-                                    devices=jax.devices()[:1])
+  dp = generator.from_run(str(setup['run'])).driver(batch_size=2, devices=jax.devices()[:1])
   generate.generate(dp, plan, str(tmp_path), progress=False)
   want = _images(tmp_path, plan)
   assert want.shape == (N, 4, 4, 3) and want.dtype == np.uint8 and len(np.unique(want)) > 10

@@ -16,7 +16,7 @@ import pytest
 from conftest import load_experiment
 from var_jax import errors
 from var_jax.models import var as var_lib
-from var_jax.train import checkpoint
+from var_jax.generate import generator
 from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
 from var_jax.train import finetune
@@ -54,10 +54,11 @@ def test_official_pth_with_another_num_classes(official_pth, caplog):
   cfg.init.path = path
   engine = engine_lib.Engine(config_lib.resolve(cfg, 1), jax.devices()[:1])
   with caplog.at_level(logging.WARNING):
-    params = jax.device_get(engine.init_state().params)
+    start = engine.task.start_params()
+    params = jax.device_get(engine.init_state(start).params)
   assert 'class_emb initialised afresh' in caplog.text
-  assert engine.task.start_record['reinitialised'] == ['class_emb']
-  assert engine.task.start_record['source_num_classes'] == 5
+  assert start.record['reinitialised'] == ['class_emb']
+  assert start.record['source_num_classes'] == 5
   assert params['class_emb'].shape == (11, 32)  # 10 classes + the unconditional one
   for key, value in sd.flat_leaves(src_params).items():
     if key[0] != 'class_emb':
@@ -141,12 +142,13 @@ def test_sigkilled_finetuning_resumes_from_its_own_checkpoint(finetuned, officia
 
 def test_init_from_a_var_jax_run(finetuned):
   run = finetuned[0]
-  _, task, run_params, step = checkpoint.load_run(str(run))
-  params, record = finetune.load(str(run), task.model, task.abstract_params)
+  gen = generator.from_run(str(run))
+  run_params, step, model = gen.params, gen.step, gen.model
+  params, record = finetune.load(str(run), model, var_weights.param_shapes(model))
   assert record['source'] == f'var_jax run step {step}' and record['reinitialised'] == []
   for key, value in sd.flat_leaves(jax.device_get(run_params)).items():
     np.testing.assert_array_equal(sd.flat_leaves(params)[key], value, err_msg='/'.join(key))
   # A run with another number of classes starts from all of it but the class embedding.
-  params, record = finetune.load(str(run), task.model.clone(num_classes=3), task.abstract_params | {
+  params, record = finetune.load(str(run), model.clone(num_classes=3), var_weights.param_shapes(model) | {
       'class_emb': jax.ShapeDtypeStruct((4, 32), np.float32)})
   assert record['reinitialised'] == ['class_emb'] and 'class_emb' not in params

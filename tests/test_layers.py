@@ -1,4 +1,5 @@
-"""The package's layering: no module imports a higher layer (function-level imports included).
+"""The package's layering: no module imports a higher layer, and no modules import each other in a cycle
+(function-level imports included).
 
 models < weights I/O < sharding < data < train and eval < scaling < entry points (the only modules that define
 flags, which do so inside their `run()` or as `__main__` modules).
@@ -11,9 +12,10 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / 'var_jax'
-ENTRY_POINTS = ('cli', 'convert', 'sample', 'tokenize', 'parity', 'demo', 'sweep', 'fit', 'bench', 'compare', 'edit',
-                'evaluate', 'orderings')
-LAYERS = {'errors': 0, 'compilation_cache': 0, 'paths': 1, 'models': 1, 'flops': 1, 'weights': 2, 'sharding': 3, 'data': 4, 'train': 5, 'eval': 5,
+# The command modules live in var_jax/cli/; var_jax/X.py are the two-line shims behind `python -m var_jax.X`.
+ENTRY_POINTS = ('cli', 'demo', 'convert', 'sample', 'tokenize', 'parity', 'sweep', 'fit', 'bench', 'edit', 'evaluate',
+                'orderings')
+LAYERS = {'errors': 0, 'compilation_cache': 0, 'paths': 1, 'models': 1, 'flops': 1, 'weights': 2, 'sharding': 3, 'data': 4, 'train': 5, 'generate': 5, 'eval': 5,
           'scaling': 6, **{name: 7 for name in ENTRY_POINTS}}
 
 
@@ -54,6 +56,27 @@ def test_no_module_imports_a_higher_layer():
   bad = [f'{_module_name(p)} imports {m}' for p in MODULES for m in _imports(p)
          if _layer(m) > _layer(_module_name(p))]
   assert not bad, bad
+
+
+def _cycle_from(start: str, graph: dict[str, set[str]]) -> list[str] | None:
+  """A path start -> ... -> start in `graph`, or None."""
+  stack, seen = [(start, [start])], set()
+  while stack:
+    node, path = stack.pop()
+    for nxt in sorted(graph.get(node, ())):
+      if nxt == start:
+        return path + [start]
+      if nxt not in seen:
+        seen.add(nxt)
+        stack.append((nxt, path + [nxt]))
+  return None
+
+
+def test_no_import_cycles():
+  """Within a layer too: a module never imports (through any chain) one that imports it back."""
+  graph = {_module_name(p): {m for m in _imports(p) if m != _module_name(p)} for p in MODULES}
+  cycles = {' -> '.join(c) for m in graph if (c := _cycle_from(m, graph))}
+  assert not cycles, sorted(cycles)
 
 
 def test_flags_are_defined_only_by_entry_points_inside_run():

@@ -12,7 +12,7 @@ from var_jax import flops
 from var_jax.models import loss as loss_lib
 from var_jax.models import maskgit as maskgit_lib
 from var_jax.models import maskgit_sampling
-from var_jax.models import next_token_sampling
+from var_jax.generate import orderings
 from var_jax.models import tokenizer as tokenizer_lib
 from var_jax.weights import vqvae
 
@@ -125,7 +125,7 @@ def test_decoding_a_model_that_predicts_a_fixed_map_returns_that_map(knobs):
 def sampler_setup(model_and_params):
   model, params = model_and_params
   vae = tokenizer_lib.VQVAE(**vqvae.attributes(TOK))
-  sampler = next_token_sampling.make_sampler(model, vae)  # the dispatcher every command uses
+  sampler = orderings.of_model(model).make_sampler(model, vae)  # the dispatcher every command uses
   assert isinstance(sampler, maskgit_sampling.Sampler)
   return sampler, params, vqvae.random_params(vae, 0)
 

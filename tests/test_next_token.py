@@ -88,7 +88,7 @@ def test_kv_cache_decoding_equals_teacher_forcing(model_and_params, idx_and_labe
 def sampler_setup(model_and_params):
   model, params = model_and_params
   vae = tokenizer_lib.VQVAE(**vqvae.attributes(TOK))
-  return next_token_sampling.make_sampler(model, vae), params, vqvae.random_params(vae, 0)
+  return next_token_sampling.Sampler(model, vae), params, vqvae.random_params(vae, 0)
 
 
 def test_greedy_cfg0_sampling_is_the_conditional_argmax_and_compiles_once(sampler_setup, teacher_logits,

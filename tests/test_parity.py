@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from var_jax import parity
+from var_jax.cli import parity
 
 TOKENIZER_KEYS = ('enc_f', 'recon', 'recon_from_idx', 'var_input')
 

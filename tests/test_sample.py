@@ -1,4 +1,4 @@
-"""The sampling CLI: batching with padding, the grid layout, files written, usage errors."""
+"""The sampling CLI: the grid layout, usage errors."""
 
 import os
 import subprocess
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from var_jax import errors
-from var_jax import sample
+from var_jax.cli import sample
 
 
 def test_image_grid_puts_each_class_on_a_row():
@@ -18,24 +18,6 @@ def test_image_grid_puts_each_class_on_a_row():
   grid = sample.image_grid(img, rows=2)
   assert grid.shape == (4, 6, 3) and grid.dtype == np.uint8
   assert grid[0, 4, 0] == round(0.2 * 255) and grid[2, 0, 0] == round(0.3 * 255)
-
-
-def test_sample_batches_pads_the_last_batch():
-  calls = []
-
-  def fake_sampler(var_params, vae_params, labels, rng, **knobs):
-    calls.append((labels.copy(), knobs))
-    idx = [np.tile(labels[:, None], (1, n)) for n in (1, 4)]
-    return idx, np.broadcast_to(labels[:, None, None, None] / 10, (len(labels), 2, 2, 3))
-
-  out = list(sample.sample_batches(fake_sampler, None, None, [1, 1, 2, 2, 3], batch_size=2, seed=0,
-                                   cfg=2.0))
-  assert [len(c[0]) for c in calls] == [2, 2, 2]  # same shape every call: no recompilation
-  np.testing.assert_array_equal(calls[-1][0], [3, 3])
-  assert calls[0][1] == {'cfg': 2.0}
-  labels = np.concatenate([idx[0][:, 0] for idx, _ in out])
-  np.testing.assert_array_equal(labels, [1, 1, 2, 2, 3])
-  assert out[-1][1].shape == (1, 2, 2, 3)
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -54,8 +36,3 @@ def test_usage_errors_are_one_line_with_exit_code_2(argv, message):
   assert proc.returncode == errors.ConfigError.exit_code, proc.stderr[-2000:]
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, no help text, no traceback
   assert proc.stderr.startswith('var-sample: error: ') and message in proc.stderr
-
-
-def test_not_a_workdir(tmp_path):
-  with pytest.raises(errors.ConfigError, match='not a training workdir'):
-    sample.load_models(workdir=str(tmp_path))

@@ -124,7 +124,7 @@ def test_a_tokenizer_that_does_not_fit_is_refused_naming_both_values():
   raster = next_token.NextToken(vocab_size=16, patch_nums=(4,), num_classes=3, depth=1, embed_dim=32, num_heads=2)
   with pytest.raises(errors.WeightsError, match=r'NextToken \(patch_nums, vocab_size\)=\(\(4,\), 16\) but '
                      r'tokenizer \(patch_nums, vocab_size\)=\(\(1, 2\), 16\)'):
-    next_token_sampling.make_sampler(raster, vae)
+    next_token_sampling.Sampler(raster, vae)
 
 
 @pytest.mark.parametrize('knobs, message', [

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from var_jax import data
-from var_jax import tokenize
+from var_jax.cli import pretokenize as tokenize
 from var_jax.data import preprocess
 from var_jax.data import sources
 from var_jax.models import tokenizer as tokenizer_lib

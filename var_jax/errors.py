@@ -17,6 +17,12 @@ catches the built-in type keeps working.
 from __future__ import annotations
 
 
+def check_config(ok: bool, message: str) -> None:
+  """ConfigError 'config: MESSAGE' unless `ok`: how config checks are written, one condition a line."""
+  if not ok:
+    raise ConfigError(f'config: {message}')
+
+
 class VarJaxError(Exception):
   """Base of the errors a user can fix; `exit_code` is what the entry points exit with."""
   exit_code = 1

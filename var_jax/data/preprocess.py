@@ -48,6 +48,16 @@ def as_rgb(img: np.ndarray) -> tuple[np.ndarray, str | None]:
   return img, problem
 
 
+def _loaded_rgb(img: PIL.Image.Image) -> tuple[np.ndarray, str | None]:
+  """(uint8 RGB array, problem or None) of a loaded image."""
+  pil_problem = _PIL_CONVERTED.get(img.mode)
+  if pil_problem:
+    has_alpha = img.mode == 'PA' or 'transparency' in img.info
+    img = img.convert('RGBA' if has_alpha else 'RGB')
+  arr, problem = as_rgb(np.asarray(img))
+  return arr, pil_problem or problem
+
+
 def decode_image(data: bytes, min_side: int = MIN_SIDE) -> tuple[np.ndarray | None, str | None]:
   """Decodes encoded image bytes to RGB, never raising on bad input.
 
@@ -61,21 +71,20 @@ def decode_image(data: bytes, min_side: int = MIN_SIDE) -> tuple[np.ndarray | No
   """
   if not data:
     return None, 'zero_byte'
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore')  # PIL warns on odd EXIF / palette data; the result is what matters.
-      with PIL.Image.open(io.BytesIO(data)) as img:
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # PIL warns on odd EXIF / palette data; the result is what matters.
+    try:
+      img = PIL.Image.open(io.BytesIO(data))  # reads the header only
+    except Exception:  # pylint: disable=broad-except  # PIL raises many types on garbage; all mean corrupt.
+      return None, 'corrupt'
+    with img:
+      try:
         img.load()
-        pil_problem = _PIL_CONVERTED.get(img.mode)
-        if pil_problem:
-          has_alpha = img.mode == 'PA' or 'transparency' in img.info
-          img = img.convert('RGBA' if has_alpha else 'RGB')
-        arr, problem = as_rgb(np.asarray(img))
-        problem = pil_problem or problem
-  except OSError as e:
-    return None, 'truncated' if 'truncated' in str(e) else 'corrupt'
-  except Exception:  # pylint: disable=broad-except  # PIL raises many types on garbage; all mean corrupt.
-    return None, 'corrupt'
+        arr, problem = _loaded_rgb(img)
+      except OSError:  # a header PIL reads, then data that ends early (PIL's one error for it)
+        return None, 'truncated'
+      except Exception:  # pylint: disable=broad-except
+        return None, 'corrupt'
   if min(arr.shape[:2]) < min_side:
     return None, 'tiny'
   return arr, problem

@@ -62,7 +62,7 @@ def _polygon(kind: str) -> np.ndarray:
                      (-b, -a), (-a, -a)])
   if kind == 'arrow':
     return np.array([(-1.0, -0.3), (0.2, -0.3), (0.2, -0.75), (1.0, 0.0), (0.2, 0.75), (0.2, 0.3), (-1.0, 0.3)])
-  raise ValueError(f'not a polygon shape: {kind!r}')
+  raise errors.ConfigError(f'not a polygon shape: {kind!r}')
 
 
 _POLYGONS = {k: _polygon(k) for k in SHAPES if k not in ('circle', 'ring', 'crescent')}

@@ -18,13 +18,12 @@ from absl import flags
 import numpy as np
 
 from var_jax import cli
-from var_jax import sample
+from var_jax.cli import sample
+from var_jax.cli import sampling_flags
+from var_jax.generate import generator
+from var_jax.train.rundir import RunDir
 
 PROG = 'var-demo-quality'
-
-
-def _to_uint8(img_NHWC: np.ndarray) -> np.ndarray:
-  return np.round(np.clip(img_NHWC, 0, 1) * 255).astype(np.uint8)
 
 
 def _real_images(data_cfg: dict, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,21 +34,15 @@ def _real_images(data_cfg: dict, split: str, n: int) -> tuple[np.ndarray, np.nda
           np.asarray([r[src.label_key] for r in picked]))
 
 
-def _sample_run(run_dir: pathlib.Path, labels: np.ndarray, knobs: dict, batch_size: int, seed: int, on_batch):
-  from var_jax.models import next_token_sampling  # pylint: disable=g-import-not-at-top
-  var_model, var_params, vae_model, vae_params = sample.load_models(workdir=str(run_dir))
-  sampler = next_token_sampling.make_sampler(var_model, vae_model)  # any ordering
-  knobs = dict(knobs, top_k=min(knobs['top_k'], var_model.vocab_size))
-  parts = []
-  for _, img in sample.sample_batches(sampler, var_params, vae_params, labels, batch_size=batch_size, seed=seed,
-                                      **knobs):
-    parts.append(_to_uint8(img))
-    on_batch(len(img))
-  return np.concatenate(parts)
+def _sample_run(run_dir: pathlib.Path, labels: np.ndarray, f) -> np.ndarray:
+  """uint8 samples of `labels` from a sweep run (sample i with fold_in(key(seed), i), as every command)."""
+  gen = generator.from_run(RunDir(run_dir))
+  return gen.driver(f.batch_size).draw(labels, np.arange(len(labels)), f.seed, **sampling_flags.knobs(f, gen))[1]
 
 
 def main(argv):
   cli.no_positional(argv)
+  sampling_flags.check_knobs(flags.FLAGS)
   from var_jax.demo import stages  # pylint: disable=g-import-not-at-top
   from var_jax.eval import features  # pylint: disable=g-import-not-at-top
   from var_jax.eval import metrics  # pylint: disable=g-import-not-at-top
@@ -58,7 +51,7 @@ def main(argv):
   samples_dir = out / 'samples'
   samples_dir.mkdir(parents=True, exist_ok=True)
   rows = [r for r in stages.results(out / 'sweep') if r['status'] == 'done']
-  data_cfg = json.loads((out / 'tokenizer' / 'config.json').read_text())['data']
+  data_cfg = RunDir(out / 'tokenizer').config_json()['data']
   extractor = features.get_extractor(f'shapes:{out / "classifier" / "classifier"}', batch_size=f.batch_size)
   class_names = list(extractor.class_names)
 
@@ -72,15 +65,10 @@ def main(argv):
         flush=True)
 
   knobs = dict(cfg=f.cfg, top_k=f.top_k, top_p=f.top_p, more_smooth=False)
-  total, drawn = len(rows) * len(labels), [0]
-
-  def on_batch(n):
-    drawn[0] += n
-    print(f'sampled images {drawn[0]}/{total}', flush=True)
-
   scored = []
-  for row in rows:
-    images = _sample_run(out / 'sweep' / row['run_id'], labels, knobs, f.batch_size, f.seed, on_batch)
+  for i, row in enumerate(rows):
+    images = _sample_run(out / 'sweep' / row['run_id'], labels, f)
+    print(f'sampled images {(i + 1) * len(labels)}/{len(rows) * len(labels)}', flush=True)
     np.savez(samples_dir / f'{row["run_id"]}.npz', images=images, labels=labels)
     feats, logits = extractor(images)
     acc, per_class = metrics.sample_accuracy(logits, labels)
@@ -91,7 +79,7 @@ def main(argv):
     if row is rows[-1]:  # the largest model: the grid and the .npz any classifier can check
       np.savez(samples_dir / 'samples.npz', images=images, labels=labels, class_names=np.asarray(class_names))
       import PIL.Image  # pylint: disable=g-import-not-at-top
-      grid = sample.image_grid(images.astype(np.float32) / 255, rows=num_classes)
+      grid = sample.image_grid(images, rows=num_classes)
       PIL.Image.fromarray(grid).save(samples_dir / 'samples.png')
 
   summary = dict(runs=scored, class_names=class_names, samples_per_class=f.samples_per_class,
@@ -104,11 +92,8 @@ def main(argv):
 def run():
   flags.DEFINE_string('out', 'demo_out', 'The demo folder (sweep/, classifier/, tokenizer/).')
   flags.DEFINE_integer('samples_per_class', 32, 'Samples per class and size.')
-  flags.DEFINE_float('cfg', 1.5, 'Classifier-free guidance.')
-  flags.DEFINE_integer('top_k', 0, 'Top-k filtering (0 = off).')
-  flags.DEFINE_float('top_p', 0.0, 'Top-p filtering (0 = off).')
+  sampling_flags.define_knobs(top_k=0, top_p=0.0, seed_help='Sampling seed (the same for every size).')
   flags.DEFINE_integer('batch_size', 64, 'Images per compiled sampling batch.')
-  flags.DEFINE_integer('seed', 0, 'Sampling seed (the same for every size).')
   cli.run(main, prog=PROG)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from var_jax.demo import stages
 from var_jax.scaling import fit as fit_lib
 from var_jax.scaling import plots
+from var_jax.train.rundir import RunDir
 
 ZOOM = 4  # the 16px pictures are drawn this many times larger
 
@@ -35,11 +36,11 @@ def _zoomed(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
 def labelled_grid(npz: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
   """The samples of samples.npz, one row per class with its name on the left."""
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from var_jax import sample  # pylint: disable=g-import-not-at-top
+  from var_jax.cli import sample  # pylint: disable=g-import-not-at-top
   data = np.load(npz)
   names = [str(n) for n in data['class_names']]
   images = data['images']
-  grid = sample.image_grid(images.astype(np.float32) / 255, rows=len(names))
+  grid = sample.image_grid(images, rows=len(names))
   h = images.shape[1]
   fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1.2, grid.shape[0] / 40 + 0.3))
   ax.imshow(grid, interpolation='nearest')
@@ -96,8 +97,7 @@ def write_report(out: pathlib.Path, timings: dict[str, dict], size: str) -> path
   by_run = {q['run_id']: q for q in quality['runs']}
   fd_fits, fd_pngs = _fd_fits(quality, rows, report_dir)
   fits.update(fd_fits)
-  tok = json.loads((out / 'tokenizer' / 'DONE').read_text())['eval']
-  data = json.loads((out / 'tokenizer' / 'config.json').read_text())['data']
+  tok, data = RunDir(out / 'tokenizer').done()['eval'], RunDir(out / 'tokenizer').config_json()['data']
   losses = [float(r['loss']) for r in rows]
   fds = [by_run[r['run_id']]['fd'] for r in rows if r['run_id'] in by_run]
   largest = by_run.get(quality['largest'], {})

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 import tqdm
 
 from var_jax import compilation_cache
+from var_jax.train.rundir import RunDir
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POLL_S = 0.5
@@ -214,7 +215,7 @@ def make_stages(out: pathlib.Path, size: str) -> list[Stage]:
   data_flag = f'--config.data.data_dir={data_dir}'
 
   def data_cfg() -> dict:
-    return _json(tok_run / 'config.json')['data']
+    return RunDir(tok_run).config_json()['data']
 
   def tokenize_argv(split):
     return _module('var_jax.tokenize', f'--config={s["tokenizer"]}', data_flag, f'--config.tokenizer.path={tok_dir}',
@@ -233,7 +234,7 @@ def make_stages(out: pathlib.Path, size: str) -> list[Stage]:
                    *shared)
 
   def tokenizer_headline():
-    ev = _json(tok_run / 'DONE')['eval']
+    ev = RunDir(tok_run).done()['eval']
     return [f'eval PSNR {ev["psnr"]:.2f} dB, SSIM {ev["ssim"]:.3f} (grid: {tok_run / "recon_grid.png"})']
 
   def tokens_headline(split):
@@ -249,7 +250,7 @@ def make_stages(out: pathlib.Path, size: str) -> list[Stage]:
     return [f'L ~ X^alpha against {x}: alpha {law["alpha"]:.4f}, r {law["r"]:.4f}' for x, law in laws]
 
   def classifier_headline():
-    ev = _json(cls_run / 'DONE').get('eval', {})
+    ev = RunDir(cls_run).done().get('eval', {})
     return [f'held-out accuracy {ev["acc"]:.3f}'] if 'acc' in ev else []
 
   def sample_headline():
@@ -261,7 +262,7 @@ def make_stages(out: pathlib.Path, size: str) -> list[Stage]:
             lambda: any(data_dir.glob('synthetic_shapes/*/*/dataset_info.json')),
             lambda: _module('var_jax.data', f'--config={s["tokenizer"]}', data_flag)),
       Stage('tokenizer', 'train the multi-scale VQVAE tokenizer',
-            lambda: (tok_run / 'DONE').exists(),
+            lambda: RunDir(tok_run).done() is not None,
             lambda: _module('var_jax.train', f'--config={s["tokenizer"]}', f'--workdir={tok_run}', data_flag),
             progress=last_count(STEP_RE), headline=tokenizer_headline),
       Stage('tokenize_train', 'pre-tokenize the train split with the frozen tokenizer',
@@ -277,7 +278,7 @@ def make_stages(out: pathlib.Path, size: str) -> list[Stage]:
             lambda: (sweep / 'report' / 'fits.json').exists(), lambda: sweep_argv('--aggregate_only'),
             headline=fit_headline),
       Stage('classifier', 'train the shapes classifier that scores the samples',
-            lambda: (cls_run / 'DONE').exists(), classifier_argv, progress=last_count(STEP_RE),
+            lambda: RunDir(cls_run).done() is not None, classifier_argv, progress=last_count(STEP_RE),
             headline=classifier_headline),
       Stage('sample', 'sample every size; FD and sample accuracy with the classifier',
             lambda: (samples / 'quality.json').exists(),

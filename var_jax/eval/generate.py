@@ -1,4 +1,7 @@
-"""Sampling at evaluation scale: class-balanced labels, per-index randomness, resumable chunks.
+"""The one sampling driver: data parallel, per-index randomness; at evaluation scale, resumable chunks.
+
+`DataParallelSampler.draw(labels, indices, seed)` samples any labels (`var-sample`, the demo, `var-orderings`);
+a `Plan` (class-balanced labels) and `generate` cut an evaluation into chunk files (`var-evaluate`).
 
 Sample i has label (i // per_class) % num_classes and key fold_in(key(seed), i), and its sampler row
 depends on that key alone (`sampling.Sampler` with one key per row), so the images are the same
@@ -142,22 +145,32 @@ class DataParallelSampler:
     self.vae_params = jax.device_put(vae_params, repl)
     self._rows = sharding.batch_sharding(self.mesh)
 
-  def __call__(self, labels_B: np.ndarray, keys_B: jax.Array, **knobs) -> np.ndarray:
-    """uint8 images (B, H, W, 3) for B = batch_size labels and keys."""
+  def __call__(self, labels_B: np.ndarray, keys_B: jax.Array, **knobs) -> tuple[list[np.ndarray], np.ndarray]:
+    """(tokens [B, pn²] per scale, uint8 images (B, H, W, 3)) for B = batch_size labels and keys."""
     labels = jax.device_put(np.asarray(labels_B, np.int32), self._rows)
     keys = jax.device_put(keys_B, self._rows)
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-      _, img = self.sampler(self.var_params, self.vae_params, labels, keys, **knobs)
-    return to_uint8(img)
+      idx, img = self.sampler(self.var_params, self.vae_params, labels, keys, **knobs)
+    return [np.asarray(x) for x in idx], to_uint8(img)
+
+  def draw(self, labels_N: np.ndarray, indices_N: np.ndarray, seed: int,
+           **knobs) -> tuple[list[np.ndarray], np.ndarray]:
+    """(tokens per scale, uint8 images) of sample i = (labels_N[i], key fold_in(key(seed), indices_N[i])), in
+    batches; the last batch is padded (with later indices) to full size, so nothing recompiles."""
+    labels_N, indices_N = np.asarray(labels_N, np.int32), np.asarray(indices_N)
+    parts = []
+    for lo in range(0, len(indices_N), self.batch_size):
+      idx, labels = indices_N[lo:lo + self.batch_size], labels_N[lo:lo + self.batch_size]
+      pad = self.batch_size - len(idx)
+      tokens, images = self(np.concatenate([labels, np.repeat(labels[-1:], pad)]),
+                            sample_keys(seed, np.concatenate([idx, idx[-1] + 1 + np.arange(pad)])), **knobs)
+      parts.append(([t[:len(idx)] for t in tokens], images[:len(idx)]))
+    tokens = [np.concatenate(scale) for scale in zip(*(p[0] for p in parts))]
+    return tokens, np.concatenate([p[1] for p in parts])
 
   def sample(self, plan: Plan, indices: np.ndarray) -> np.ndarray:
-    """Images of `indices` in batches; the last batch is padded (with later indices) to full size."""
-    out = []
-    for lo in range(0, len(indices), self.batch_size):
-      idx = indices[lo:lo + self.batch_size]
-      padded = np.concatenate([idx, idx[-1] + 1 + np.arange(self.batch_size - len(idx))])
-      out.append(self(plan.labels(padded), sample_keys(plan.seed, padded), **plan.knobs)[:len(idx)])
-    return np.concatenate(out)
+    """uint8 images of a plan's `indices`."""
+    return self.draw(plan.labels(indices), indices, plan.seed, **plan.knobs)[1]
 
 
 def generate(dp_sampler: DataParallelSampler, plan: Plan, out_dir: str, *, progress: bool = True,

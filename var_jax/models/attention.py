@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
+
 try:  # Pallas TPU kernels, part of jax (guarded: the module path has moved before).
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_lib
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask_lib
@@ -89,7 +91,7 @@ def scale_groups(patch_nums: tuple[int, ...],
   Exact dynamic programme over split points with at most `max_groups` groups.
   """
   if max_groups < 1:
-    raise ValueError(f'attention: max_groups={max_groups} must be at least 1')
+    raise errors.ConfigError(f'attention: max_groups={max_groups} must be at least 1')
   ends = [0, *scale_ends(patch_nums).tolist()]
   cost = lambda a, b: (ends[b] - ends[a]) * ends[b]
   K = len(patch_nums)
@@ -231,7 +233,7 @@ def _splash_kernel(patch_nums: tuple[int, ...], heads: int, interpret: bool):
 def splash_attention(q_BLHD, k_BSHD, v_BSHD, scale, patch_nums):
   """Splash attention (TPU), tiles of SPLASH_BLOCK; decoding (no mask) takes the einsum path."""
   if splash_lib is None:
-    raise ValueError("model.attention='splash' needs jax's Pallas splash attention, which this jax "
+    raise errors.ConfigError("model.attention='splash' needs jax's Pallas splash attention, which this jax "
                      "lacks; use 'auto' to pick an available path")
   if patch_nums is None:
     return _softmax_attention(q_BLHD, k_BSHD, v_BSHD, scale, None)
@@ -252,7 +254,7 @@ def splash_attention(q_BLHD, k_BSHD, v_BSHD, scale, patch_nums):
 def tokamax_attention(q_BLHD, k_BSHD, v_BSHD, scale, patch_nums):
   """tokamax Mosaic GPU flash attention with per-query key ends; decoding takes the einsum path."""
   if tokamax_base is None:
-    raise ValueError("model.attention='tokamax' needs the tokamax package (jax >= 0.11, "
+    raise errors.ConfigError("model.attention='tokamax' needs the tokamax package (jax >= 0.11, "
                      "Python >= 3.12); use 'auto' to pick an available path")
   if patch_nums is None:
     return _softmax_attention(q_BLHD, k_BSHD, v_BSHD, scale, None)
@@ -295,7 +297,7 @@ def computed_pairs(path: str, patch_nums: Sequence[int]) -> int:
     return tile_pairs(patch_nums, *TOKAMAX_TILE)
   if path == 'splash':
     return tile_pairs(patch_nums, SPLASH_BLOCK, SPLASH_BLOCK)
-  raise ValueError(f'attention: unknown path {path!r}; expected one of {sorted(PATHS)}')
+  raise errors.ConfigError(f'attention: unknown path {path!r}; expected one of {sorted(PATHS)}')
 
 
 # ---- choosing a path ------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from var_jax import errors
+
 
 class PatchDiscriminator(nn.Module):
   """Images [B, H, W, 3] in [-1, 1] -> patch logits [B, h, w, 1] (h = H / 2**n_layers - 2)."""
@@ -22,7 +24,7 @@ class PatchDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, img_BHWC: jax.Array) -> jax.Array:
     if self.ch % self.norm_groups:
-      raise ValueError(f'discriminator: ch={self.ch} is not divisible by norm_groups={self.norm_groups}')
+      raise errors.ConfigError(f'discriminator: ch={self.ch} is not divisible by norm_groups={self.norm_groups}')
     init = nn.initializers.normal(0.02)
     pad = ((1, 1), (1, 1))
     x = nn.Conv(self.ch, (4, 4), strides=2, padding=pad, kernel_init=init, name='conv_in')(img_BHWC)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
 from var_jax.models import resize
 
 MODES = ('inpaint', 'outpaint')
@@ -33,7 +34,7 @@ ALWAYS_KEPT_TOKENS = 3
 
 def _check_mode(mode: str) -> None:
   if mode not in MODES:
-    raise ValueError(f'edit mode must be one of {MODES}, got {mode!r}')
+    raise errors.ConfigError(f'edit mode must be one of {MODES}, got {mode!r}')
 
 
 def _from_inside(inside_KK: np.ndarray, mode: str) -> np.ndarray:
@@ -42,8 +43,9 @@ def _from_inside(inside_KK: np.ndarray, mode: str) -> np.ndarray:
   return 1 - inside_KK if mode == 'inpaint' else inside_KK
 
 
-def box_keep_mask(box_yxyx: Sequence[float], side: int, mode: str = 'inpaint') -> np.ndarray:
-  """(side, side) float32 keep mask for a box (y0, x0, y1, x1) given as fractions of the image.
+def box_keep_mask(box_yxyx: Sequence[float], side: int, mode: str = 'inpaint', what: str = 'box') -> np.ndarray:
+  """(side, side) float32 keep mask for a box (y0, x0, y1, x1) given as fractions of the image; ConfigError
+  naming `what` (e.g. a flag) for a box that is not one or covers no token.
 
   The box covers rows round(y0 * side) to round(y1 * side) (exclusive; Python's round, as the
   official `get_edit_mask`), likewise columns.
@@ -51,10 +53,10 @@ def box_keep_mask(box_yxyx: Sequence[float], side: int, mode: str = 'inpaint') -
   _check_mode(mode)
   box = np.asarray(box_yxyx, np.float64)
   if box.shape != (4,) or not np.isfinite(box).all() or box.min() < 0 or box.max() > 1:
-    raise ValueError(f'box must be (y0, x0, y1, x1) fractions in [0, 1], got {tuple(box_yxyx)}')
+    raise errors.ConfigError(f'{what} must be (y0, x0, y1, x1) fractions in [0, 1], got {tuple(box_yxyx)}')
   y0, x0, y1, x1 = (round(float(v) * side) for v in box)
   if y1 <= y0 or x1 <= x0:
-    raise ValueError(f'box {tuple(box_yxyx)} covers no token of the {side}x{side} last scale')
+    raise errors.ConfigError(f'{what} {tuple(box_yxyx)} covers no token of the {side}x{side} last scale')
   inside_KK = np.zeros((side, side), bool)
   inside_KK[y0:y1, x0:x1] = True
   return _from_inside(inside_KK, mode)
@@ -72,7 +74,7 @@ def keep_mask_from_image(mask_img: Any, side: int, mode: str = 'inpaint') -> np.
   if img.ndim == 3:
     img = img.mean(axis=-1)
   if img.ndim != 2 or not img.size:
-    raise ValueError(f'mask image must be (H, W) or (H, W, C), got shape {np.shape(mask_img)}')
+    raise errors.ConfigError(f'mask image must be (H, W) or (H, W, C), got shape {np.shape(mask_img)}')
   scale = 255.0 if img.dtype == np.uint8 else 1.0
   marked_HW = (img.astype(np.float64) / scale >= 0.5).astype(np.int64)
   window_h = (resize.area_matrix(img.shape[0], side) > 0).astype(np.int64)
@@ -83,19 +85,19 @@ def keep_mask_from_image(mask_img: Any, side: int, mode: str = 'inpaint') -> np.
 
 
 def check_keep_mask(keep_mask: Any, side: int, batch: int) -> np.ndarray:
-  """The keep mask as (batch, side, side) float32, or a one-line ValueError."""
+  """The keep mask as (batch, side, side) float32, or a one-line ConfigError."""
   mask = np.asarray(keep_mask)
   if mask.ndim == 2:
     mask = np.broadcast_to(mask, (batch,) + mask.shape)
   if mask.shape != (batch, side, side):
-    raise ValueError(f'keep mask must be ({side}, {side}) or ({batch}, {side}, {side}) (the last '
+    raise errors.ConfigError(f'keep mask must be ({side}, {side}) or ({batch}, {side}, {side}) (the last '
                      f'scale), got shape {np.shape(keep_mask)}')
   mask = mask.astype(np.float32)
   if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
-    raise ValueError('keep mask values must be in [0, 1] (1 = keep the image token)')
+    raise errors.ConfigError('keep mask values must be in [0, 1] (1 = keep the image token)')
   full = np.flatnonzero((mask > 0.5).all(axis=(1, 2)))
   if full.size:
-    raise ValueError(f'keep mask of image {full[0]} keeps every last-scale token: nothing to '
+    raise errors.ConfigError(f'keep mask of image {full[0]} keeps every last-scale token: nothing to '
                      f'regenerate')
   return mask
 
@@ -128,18 +130,18 @@ def source_tokens(vae: Any, vae_params, source: Any) -> list[jax.Array]:
   if not isinstance(source, (list, tuple)):
     img = np.asarray(source, np.float32)
     if img.size and (np.abs(img).max() > 1 + 1e-6 or not np.isfinite(img).all()):
-      raise ValueError('images to edit must be in [-1, 1] (the tokenizer input range)')
+      raise errors.ConfigError('images to edit must be in [-1, 1] (the tokenizer input range)')
     return _tokenize(vae, vae_params, jnp.asarray(img))
   if len(source) != len(pns):
-    raise ValueError(f'image tokens must hold one array per scale ({len(pns)}), got {len(source)}')
+    raise errors.ConfigError(f'image tokens must hold one array per scale ({len(pns)}), got {len(source)}')
   idx_list = [np.asarray(i) for i in source]
   batch = idx_list[0].shape[0] if idx_list[0].ndim else 0
   for k, (idx_Bl, pn) in enumerate(zip(idx_list, pns)):
     if idx_Bl.shape != (batch, pn * pn) or not np.issubdtype(idx_Bl.dtype, np.integer):
-      raise ValueError(f'image tokens of scale {k} must be integers of shape ({batch}, {pn * pn}), '
+      raise errors.ConfigError(f'image tokens of scale {k} must be integers of shape ({batch}, {pn * pn}), '
                        f'got {idx_Bl.dtype} {idx_Bl.shape}')
     if idx_Bl.size and (idx_Bl.min() < 0 or idx_Bl.max() >= V):
-      raise ValueError(f'image tokens of scale {k} must be in [0, {V}), got values in '
+      raise errors.ConfigError(f'image tokens of scale {k} must be in [0, {V}), got values in '
                        f'[{idx_Bl.min()}, {idx_Bl.max()}]')
   return [jnp.asarray(i, jnp.int32) for i in idx_list]
 
@@ -163,7 +165,7 @@ def edit(sampler, var_params, vae_params, label_B: Any, rng: jax.Array, source: 
   if label_B.ndim == 0:
     label_B = np.full((batch,), label_B)
   if label_B.shape != (batch,):
-    raise ValueError(f'labels must be one class or ({batch},) (one per image), got shape '
+    raise errors.ConfigError(f'labels must be one class or ({batch},) (one per image), got shape '
                      f'{label_B.shape}')
   keep_BKK = check_keep_mask(keep_mask, sampler.patch_nums[-1], batch)
   keeps = scale_keep_masks(jnp.asarray(keep_BKK), tuple(sampler.patch_nums))

@@ -6,6 +6,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from var_jax import errors
 from var_jax.models.var import scale_bounds
 
 
@@ -48,16 +49,16 @@ def var_loss(logits_BLV, idx_BL, patch_nums: Sequence[int], label_smoothing: flo
   bounds = scale_bounds(patch_nums)
   L = bounds[-1][1]
   if logits_BLV.ndim != 3 or logits_BLV.shape[1] != L:
-    raise ValueError(f'logits must be (B, {L}, V) for patch_nums={tuple(patch_nums)}, '
+    raise errors.ConfigError(f'logits must be (B, {L}, V) for patch_nums={tuple(patch_nums)}, '
                      f'got {tuple(logits_BLV.shape)}')
   if idx_BL.shape != logits_BLV.shape[:2]:
-    raise ValueError(f'token indices must be {tuple(logits_BLV.shape[:2])}, got {tuple(idx_BL.shape)}')
+    raise errors.ConfigError(f'token indices must be {tuple(logits_BLV.shape[:2])}, got {tuple(idx_BL.shape)}')
   if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
+    raise errors.ConfigError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
   if weights_L is None:
     weights_L = jnp.full((L,), 1.0 / L, jnp.float32)
   elif jnp.shape(weights_L) != (L,):
-    raise ValueError(f'weights_L must be ({L},), got {jnp.shape(weights_L)}')
+    raise errors.ConfigError(f'weights_L must be ({L},), got {jnp.shape(weights_L)}')
 
   ce_BL, nll_BL, hit_BL = token_cross_entropy(logits_BLV, idx_BL, label_smoothing)
   loss = (ce_BL * weights_L).sum(-1).mean()
@@ -85,10 +86,10 @@ def masked_loss(logits_BLV, idx_BL, mask_BL, label_smoothing: float = 0.0):
     `nll` (unsmoothed CE over them) and `mask_ratio` (masked fraction of the batch's positions).
   """
   if logits_BLV.ndim != 3 or idx_BL.shape != logits_BLV.shape[:2] or mask_BL.shape != idx_BL.shape:
-    raise ValueError(f'logits (B, L, V), targets and mask (B, L) must agree, got {tuple(logits_BLV.shape)}, '
+    raise errors.ConfigError(f'logits (B, L, V), targets and mask (B, L) must agree, got {tuple(logits_BLV.shape)}, '
                      f'{tuple(idx_BL.shape)}, {tuple(mask_BL.shape)}')
   if not 0.0 <= label_smoothing < 1.0:
-    raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
+    raise errors.ConfigError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
   ce_BL, nll_BL, hit_BL = token_cross_entropy(logits_BLV, idx_BL, label_smoothing)
   w_BL = mask_BL.astype(jnp.float32)
   count = jnp.maximum(w_BL.sum(), 1.0)

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from var_jax import errors
 from var_jax.models import next_token as next_token_lib
 from var_jax.models import transformer
 from var_jax.models import var as var_lib
@@ -120,10 +121,10 @@ class MaskGIT(nn.Module):
     (B, L, V) f32. Every position sees the class and every token of the map."""
     L = self.seq_len
     if idx_BL.ndim != 2 or idx_BL.shape[1] != L:
-      raise ValueError(f'MaskGIT input must be (B, {L}) token indices for patch_nums='
+      raise errors.ConfigError(f'MaskGIT input must be (B, {L}) token indices for patch_nums='
                        f'{tuple(self.patch_nums)}, got {tuple(idx_BL.shape)}')
     if label_B.shape != (idx_BL.shape[0],):
-      raise ValueError(f'labels must be ({idx_BL.shape[0]},), got {tuple(label_B.shape)}')
+      raise errors.ConfigError(f'labels must be ({idx_BL.shape[0]},), got {tuple(label_B.shape)}')
     var_lib.check_labels(label_B, self.num_classes)
     if train and self.cond_drop_rate > 0:
       drop_B = jax.random.uniform(self.make_rng('dropout'), label_B.shape) < self.cond_drop_rate

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from var_jax import errors
 from var_jax.models import transformer
 from var_jax.models import var as var_lib
 
@@ -34,7 +35,7 @@ FIELDS = ('vocab_size', 'patch_nums', 'num_classes', 'depth', 'embed_dim', 'num_
 
 def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
   """NextToken attributes from a config (dict or ConfigDict), with VAR's depth rule for the fields
-  left None or missing; ValueError for unknown keys or values that cannot build."""
+  left None or missing; ConfigError for unknown keys or values that cannot build."""
   out = transformer.resolve_attributes(NextToken, FIELDS, model_cfg, 'next-token')
   validate(out)
   return out
@@ -43,8 +44,8 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 def validate(a: Mapping[str, Any]) -> None:
   transformer.validate(a)
   if len(a['patch_nums']) != 1 or a['patch_nums'][0] <= 0:
-    raise ValueError(f"model.patch_nums={a['patch_nums']} must be one positive map side (n,) for a "
-                     'single-map model (next-token, MaskGIT)')
+    raise errors.ConfigError(f"model.patch_nums={a['patch_nums']} must be one positive map side (n,) for a "
+                             'single-map model (next-token, MaskGIT)')
 
 
 def causal_blocks(seq_len: int) -> tuple[int, ...]:
@@ -101,10 +102,10 @@ class NextToken(nn.Module):
     """
     L = self.seq_len
     if idx_BL.ndim != 2 or idx_BL.shape[1] != L:
-      raise ValueError(f'next-token input must be (B, {L}) token indices for patch_nums='
+      raise errors.ConfigError(f'next-token input must be (B, {L}) token indices for patch_nums='
                        f'{tuple(self.patch_nums)}, got {tuple(idx_BL.shape)}')
     if label_B.shape != (idx_BL.shape[0],):
-      raise ValueError(f'labels must be ({idx_BL.shape[0]},), got {tuple(label_B.shape)}')
+      raise errors.ConfigError(f'labels must be ({idx_BL.shape[0]},), got {tuple(label_B.shape)}')
     var_lib.check_labels(label_B, self.num_classes)
     if train and self.cond_drop_rate > 0:
       drop_B = jax.random.uniform(self.make_rng('dropout'), label_B.shape) < self.cond_drop_rate

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from var_jax.models import maskgit as maskgit_lib
-from var_jax.models import maskgit_sampling
+from var_jax import errors
 from var_jax.models import next_token as next_token_lib
 from var_jax.models import sampling
 from var_jax.models import var as var_lib
@@ -88,23 +87,13 @@ class Sampler:
                top_p: float = 0.0, more_smooth: bool = False, temperature: float = 1.0):
     sampling.check_knobs(cfg, top_k, top_p, temperature, vocab_size=self.model.vocab_size)
     if more_smooth:
-      raise ValueError('more_smooth is a next-scale (VAR) visualisation mode; the next-token sampler '
+      raise errors.ConfigError('more_smooth is a next-scale (VAR) visualisation mode; the next-token sampler '
                        'has none')
     label_B = np.asarray(label_B)
     if label_B.ndim != 1 or not label_B.size:
-      raise ValueError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
+      raise errors.ConfigError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
     var_lib.check_labels(label_B, self.model.num_classes)
     idx_BL, img = self._generate(params, vae_params, jnp.asarray(label_B, jnp.int32), rng,
                                  jnp.float32(cfg), jnp.int32(top_k), jnp.float32(top_p),
                                  jnp.float32(temperature))
     return [idx_BL], img
-
-
-def make_sampler(model: Any, vae_model: Any):
-  """The compile-once sampler of any ordering: this module's for a NextToken model,
-  `maskgit_sampling.Sampler` for a MaskGIT, `sampling.Sampler` for a VAR."""
-  if isinstance(model, next_token_lib.NextToken):
-    return Sampler(model, vae_model)
-  if isinstance(model, maskgit_lib.MaskGIT):
-    return maskgit_sampling.Sampler(model, vae_model)
-  return sampling.make_sampler(model, vae_model)

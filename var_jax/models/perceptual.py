@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
+
 # torchvision vgg16 `features` indices of the convolutions, grouped by the LPIPS slice they end.
 _VGG_CONVS = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))
 _VGG_WIDTHS = (64, 128, 256, 512, 512)
@@ -50,7 +52,7 @@ def load_params(path: str) -> dict[str, Any]:
   bad = [f'{k} {arrays[k].shape} (expected {s})' for k, s in shapes.items()
          if k in arrays and arrays[k].shape != s]
   if missing or bad:
-    raise ValueError(f'perceptual: {path}: missing keys {missing[:4]}'
+    raise errors.ConfigError(f'perceptual: {path}: missing keys {missing[:4]}'
                      f'{" ..." if len(missing) > 4 else ""}; mis-shaped {bad[:4]}')
   convs = [[(np.transpose(arrays[f'features.{i}.weight'], (2, 3, 1, 0)).astype(np.float32),
              arrays[f'features.{i}.bias'].astype(np.float32)) for i in idxs] for idxs in _VGG_CONVS]
@@ -79,7 +81,7 @@ def _features(params: dict[str, Any], x_BHWC: jax.Array) -> list[jax.Array]:
 def lpips(params: dict[str, Any], a_BHWC: jax.Array, b_BHWC: jax.Array) -> jax.Array:
   """Perceptual distance per image -> [B] (0 for identical images). Inputs in [-1, 1]."""
   if a_BHWC.shape != b_BHWC.shape or a_BHWC.ndim != 4 or a_BHWC.shape[-1] != 3:
-    raise ValueError(f'lpips: expected two RGB NHWC images of equal shape, got {a_BHWC.shape} '
+    raise errors.ConfigError(f'lpips: expected two RGB NHWC images of equal shape, got {a_BHWC.shape} '
                      f'and {b_BHWC.shape}')
   fa = _features(params, a_BHWC.astype(jnp.float32))
   fb = _features(params, b_BHWC.astype(jnp.float32))

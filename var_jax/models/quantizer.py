@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
 from var_jax.models import resize
 
 PhiFn = Callable[[int, jax.Array], jax.Array]
@@ -25,7 +26,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 def num_phis(num_scales: int, share_quant_resi: int) -> int:
   """How many phi convolutions exist: K when unshared (0), else `share_quant_resi`."""
   if share_quant_resi < 0:
-    raise ValueError(f'share_quant_resi must be >= 0, got {share_quant_resi}')
+    raise errors.ConfigError(f'share_quant_resi must be >= 0, got {share_quant_resi}')
   return num_scales if share_quant_resi == 0 else share_quant_resi
 
 
@@ -38,7 +39,7 @@ def phi_index(k: int, num_scales: int, share_quant_resi: int) -> int:
   otherwise. A single scale (K = 1, where the official code divides by zero) sits at 0.
   """
   if not 0 <= k < num_scales:
-    raise ValueError(f'scale index k={k} is outside [0, {num_scales})')
+    raise errors.ConfigError(f'scale index k={k} is outside [0, {num_scales})')
   n = num_phis(num_scales, share_quant_resi)
   if n == 1:
     return 0
@@ -53,7 +54,7 @@ def check_patch_nums(patch_nums: Sequence[int]) -> Tuple[int, ...]:
   """Returns patch_nums as a tuple of ints, or raises if not positive strictly increasing."""
   pns = tuple(int(p) for p in patch_nums)
   if not pns or pns[0] < 1 or any(b <= a for a, b in zip(pns, pns[1:])):
-    raise ValueError(
+    raise errors.ConfigError(
         f'patch_nums must be positive and strictly increasing, got {tuple(patch_nums)}')
   return pns
 
@@ -110,7 +111,7 @@ def residual_quantize(
   """
   batch, h, w, c = f_BhwC.shape
   if (h, w) != _latent_size(patch_nums):
-    raise ValueError(f'latent is {h}x{w} but patch_nums[-1] is {patch_nums[-1]}')
+    raise errors.ConfigError(f'latent is {h}x{w} but patch_nums[-1] is {patch_nums[-1]}')
   f_rest = jax.lax.stop_gradient(f_BhwC)
   f_hat = jnp.zeros_like(f_rest)
   idx_list, fhat_list = [], []
@@ -130,11 +131,11 @@ def residual_quantize(
 def _check_idx_list(idx_list: Sequence[jax.Array], patch_nums: Sequence[int],
                     expected_scales: int) -> None:
   if len(idx_list) != expected_scales:
-    raise ValueError(f'expected {expected_scales} index maps (one per scale of '
+    raise errors.ConfigError(f'expected {expected_scales} index maps (one per scale of '
                      f'patch_nums={tuple(patch_nums)}), got {len(idx_list)}')
   for k, idx_Bl in enumerate(idx_list):
     if idx_Bl.ndim != 2 or idx_Bl.shape[1] != patch_nums[k] ** 2:
-      raise ValueError(f'index map {k} must have shape (B, {patch_nums[k] ** 2}), '
+      raise errors.ConfigError(f'index map {k} must have shape (B, {patch_nums[k] ** 2}), '
                        f'got {tuple(idx_Bl.shape)}')
 
 
@@ -178,9 +179,9 @@ def idx_to_var_input(idx_list: Sequence[jax.Array], codebook_VC: jax.Array, phi:
   or the first K-1."""
   num_inputs = len(patch_nums) - 1
   if num_inputs < 1:
-    raise ValueError('idx_to_var_input needs at least two scales in patch_nums')
+    raise errors.ConfigError('idx_to_var_input needs at least two scales in patch_nums')
   if len(idx_list) not in (num_inputs, num_inputs + 1):
-    raise ValueError(f'expected {num_inputs} or {num_inputs + 1} index maps for '
+    raise errors.ConfigError(f'expected {num_inputs} or {num_inputs + 1} index maps for '
                      f'patch_nums={tuple(patch_nums)}, got {len(idx_list)}')
   idx_list = list(idx_list)[:num_inputs]
   _check_idx_list(idx_list, patch_nums, num_inputs)

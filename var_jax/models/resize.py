@@ -14,13 +14,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
+
 # PyTorch's cubic convolution coefficient for `bicubic`.
 _CUBIC_A = -0.75
 
 
 def _check_sizes(n_in: int, n_out: int) -> None:
   if n_in < 1 or n_out < 1:
-    raise ValueError(f'resize sizes must be positive, got n_in={n_in}, n_out={n_out}')
+    raise errors.ConfigError(f'resize sizes must be positive, got n_in={n_in}, n_out={n_out}')
 
 
 @functools.lru_cache(maxsize=None)

@@ -47,17 +47,18 @@ def filter_top_k_top_p(logits_BlV, top_k, top_p):
 
 
 def check_knobs(cfg: float, top_k: int, top_p: float, temperature: float = 1.0,
-                vocab_size: int | None = None) -> None:
-  """ValueError naming the first sampling knob out of range (NaN and inf included); top_k's upper bound is
-  checked when `vocab_size` is given."""
+                vocab_size: int | None = None, prefix: str = '') -> None:
+  """ConfigError naming the first sampling knob (`prefix` + its name, e.g. '--cfg') out of range (NaN and inf
+  included); top_k's upper bound is checked when `vocab_size` is given."""
   if not (math.isfinite(cfg) and cfg >= 0):
-    raise ValueError(f'cfg must be >= 0 and finite, got {cfg}')
+    raise errors.ConfigError(f'{prefix}cfg must be >= 0 and finite, got {cfg}')
   if not 0 <= top_k <= (math.inf if vocab_size is None else vocab_size):
-    raise ValueError(f'top_k must be in [0, {vocab_size or "vocabulary size"}] (0 = off), got {top_k}')
+    raise errors.ConfigError(f'{prefix}top_k must be in [0, {vocab_size or "vocabulary size"}] (0 = off), '
+                             f'got {top_k}')
   if not 0.0 <= top_p < 1.0:
-    raise ValueError(f'top_p must be in [0, 1) (0 = off), got {top_p}')
+    raise errors.ConfigError(f'{prefix}top_p must be in [0, 1) (0 = off), got {top_p}')
   if not (math.isfinite(temperature) and temperature > 0):
-    raise ValueError(f'temperature must be > 0 and finite, got {temperature}')
+    raise errors.ConfigError(f'{prefix}temperature must be > 0 and finite, got {temperature}')
 
 
 def _values(obj: Any, names: tuple[str, ...]) -> tuple:
@@ -193,7 +194,7 @@ class Sampler:
     check_knobs(cfg, top_k, top_p, vocab_size=self.var.vocab_size)
     label_B = np.asarray(label_B)
     if label_B.ndim != 1 or not label_B.size:
-      raise ValueError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
+      raise errors.ConfigError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
     var_lib.check_labels(label_B, self.var.num_classes)
     if forced is not None:
       forced = self._check_forced(forced, label_B.shape[0])
@@ -207,15 +208,15 @@ class Sampler:
     return idx_list, self._finish(vae_params, state['f_hat'])
 
   def _check_forced(self, forced, batch: int):
-    """forced as (bool, int32) device arrays, or ValueError naming the scale that is wrong."""
+    """forced as (bool, int32) device arrays, or ConfigError naming the scale that is wrong."""
     if len(forced) != len(self.patch_nums):
-      raise ValueError(f'forced must hold one (keep, idx) pair per scale ({len(self.patch_nums)}), '
+      raise errors.ConfigError(f'forced must hold one (keep, idx) pair per scale ({len(self.patch_nums)}), '
                        f'got {len(forced)}')
     out = []
     for k, ((keep_Bl, idx_Bl), pn) in enumerate(zip(forced, self.patch_nums)):
       for name, x in (('keep', keep_Bl), ('idx', idx_Bl)):
         if tuple(x.shape) != (batch, pn * pn):
-          raise ValueError(f'forced[{k}] {name} must have shape ({batch}, {pn * pn}), '
+          raise errors.ConfigError(f'forced[{k}] {name} must have shape ({batch}, {pn * pn}), '
                            f'got {tuple(x.shape)}')
       out.append((jnp.asarray(keep_Bl, jnp.bool_), jnp.asarray(idx_Bl, jnp.int32)))
     return out

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from var_jax import errors
 from var_jax.models import quantizer
 
 _PAD1 = ((1, 1), (1, 1))
@@ -220,7 +221,7 @@ class VQVAE(nn.Module):
   def _check_image(self, img_BHWC: jax.Array) -> None:
     size = self.image_size
     if img_BHWC.ndim != 4 or tuple(img_BHWC.shape[1:]) != (size, size, 3):
-      raise ValueError(
+      raise errors.ConfigError(
           f'image batch must be (B, {size}, {size}, 3) for patch_nums[-1]={self.pns[-1]} '
           f'and {len(self.ch_mult)} ch_mult levels, got {tuple(img_BHWC.shape)}')
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
 from var_jax.models import activations
 from var_jax.models import attention as attention_lib
 
@@ -235,25 +236,25 @@ def _is_number(v: Any) -> bool:
 
 
 def validate(a: Mapping[str, Any]) -> None:
-  """ValueError for trunk attributes that cannot build (sizes, rates, width/heads, dtype, remat, attention)."""
+  """ConfigError for trunk attributes that cannot build (sizes, rates, width/heads, dtype, remat, attention)."""
   for key in (k for k in _POSITIVE_INTS if k in a):
     if not _is_int(a[key]) or a[key] <= 0:
-      raise ValueError(f'model.{key}={a[key]!r} must be a positive integer')
+      raise errors.ConfigError(f'model.{key}={a[key]!r} must be a positive integer')
   for key in ('mlp_ratio', 'norm_eps'):
     if not _is_number(a[key]) or a[key] <= 0:
-      raise ValueError(f'model.{key}={a[key]!r} must be a positive number')
+      raise errors.ConfigError(f'model.{key}={a[key]!r} must be a positive number')
   for key in _FRACTIONS:
     if not _is_number(a[key]) or not 0 <= a[key] <= 1:
-      raise ValueError(f'model.{key}={a[key]!r} must be a number in [0, 1]')
+      raise errors.ConfigError(f'model.{key}={a[key]!r} must be a number in [0, 1]')
   if a['embed_dim'] % a['num_heads']:
-    raise ValueError(f"model.embed_dim={a['embed_dim']} must be divisible by num_heads={a['num_heads']}")
+    raise errors.ConfigError(f"model.embed_dim={a['embed_dim']} must be divisible by num_heads={a['num_heads']}")
   if a['dtype'] not in DTYPES:
-    raise ValueError(f"model.dtype={a['dtype']!r}; expected one of {sorted(DTYPES)}")
+    raise errors.ConfigError(f"model.dtype={a['dtype']!r}; expected one of {sorted(DTYPES)}")
   if a['remat_policy'] != 'none' and a['remat_policy'] not in REMAT_POLICIES:
-    raise ValueError(f"model.remat_policy={a['remat_policy']!r}; expected 'none' or one of "
+    raise errors.ConfigError(f"model.remat_policy={a['remat_policy']!r}; expected 'none' or one of "
                      f'{sorted(REMAT_POLICIES)}')
   if a['attention'] not in attention_lib.NAMES:
-    raise ValueError(f"model.attention={a['attention']!r}; expected one of {sorted(attention_lib.NAMES)}")
+    raise errors.ConfigError(f"model.attention={a['attention']!r}; expected one of {sorted(attention_lib.NAMES)}")
 
 
 def depth_rule(depth: int) -> dict[str, Any]:
@@ -263,12 +264,12 @@ def depth_rule(depth: int) -> dict[str, Any]:
 
 def resolve_attributes(model_cls, fields: Sequence[str], model_cfg: Any, what: str) -> dict[str, Any]:
   """`model_cls` attributes from a config (dict or ConfigDict): the class defaults, then the config's
-  non-None values, with `depth_rule` for the width fields left None or missing. ValueError names unknown
+  non-None values, with `depth_rule` for the width fields left None or missing. ConfigError names unknown
   keys (`what` says whose attributes `fields` are)."""
   cfg = dict(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg)
   unknown = sorted(set(cfg) - set(fields))
   if unknown:
-    raise ValueError(f'model config: unknown keys {unknown}; {what} attributes are {list(fields)}')
+    raise errors.ConfigError(f'model config: unknown keys {unknown}; {what} attributes are {list(fields)}')
   depth = model_cls.depth if cfg.get('depth') is None else cfg['depth']
   for key, value in depth_rule(depth).items():
     if cfg.get(key) is None:

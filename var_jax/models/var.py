@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from var_jax import errors
 from var_jax.models import attention as attention_lib
 from var_jax.models import transformer
 from var_jax.models.transformer import DTYPES
@@ -53,7 +54,7 @@ def resolve(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 def _validate(a: Mapping[str, Any]) -> None:
   transformer.validate(a)
   if not a['patch_nums'] or any(p <= 0 for p in a['patch_nums']):
-    raise ValueError(f"model.patch_nums={a['patch_nums']} must be positive scale sizes")
+    raise errors.ConfigError(f"model.patch_nums={a['patch_nums']} must be positive scale sizes")
 
 
 def scale_bounds(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
@@ -62,17 +63,19 @@ def scale_bounds(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
   return [(int(e - p * p), int(e)) for p, e in zip(patch_nums, ends)]
 
 
-def check_labels(label_B, num_classes: int, *, allow_uncond: bool = True) -> None:
-  """ValueError for labels outside [0, num_classes] (num_classes = unconditional) on host values."""
+def check_labels(label_B, num_classes: int, *, allow_uncond: bool = True, what: str = '') -> None:
+  """ConfigError (prefixed `what: ` when given, e.g. a flag) for labels outside [0, num_classes]
+  (num_classes = unconditional) on host values."""
   if isinstance(label_B, jax.core.Tracer):
     return
   label_B = np.asarray(label_B)
+  prefix = f'{what}: ' if what else ''
   if not np.issubdtype(label_B.dtype, np.integer):
-    raise ValueError(f'labels must be integers, got dtype {label_B.dtype}')
+    raise errors.ConfigError(f'{prefix}labels must be integers, got dtype {label_B.dtype}')
   hi = num_classes if allow_uncond else num_classes - 1
   if label_B.size and (label_B.min() < 0 or label_B.max() > hi):
-    raise ValueError(f'labels must be in [0, {hi}] (num_classes={num_classes}), got values in '
-                     f'[{label_B.min()}, {label_B.max()}]')
+    raise errors.ConfigError(f'{prefix}labels must be in [0, {hi}] (num_classes={num_classes}), got values in '
+                             f'[{label_B.min()}, {label_B.max()}]')
 
 
 class VAR(nn.Module):
@@ -161,10 +164,10 @@ class VAR(nn.Module):
     """Logits for every position. label_B int (B,), x_BLC (B, L - l_0, cvae) -> logits (B, L, V) f32."""
     L, first_l = self.seq_len, self.first_l
     if x_BLC.ndim != 3 or x_BLC.shape[1:] != (L - first_l, self.cvae):
-      raise ValueError(f'VAR input must be (B, {L - first_l}, {self.cvae}) for patch_nums='
+      raise errors.ConfigError(f'VAR input must be (B, {L - first_l}, {self.cvae}) for patch_nums='
                        f'{tuple(self.patch_nums)} and cvae={self.cvae}, got {tuple(x_BLC.shape)}')
     if label_B.shape != (x_BLC.shape[0],):
-      raise ValueError(f'labels must be ({x_BLC.shape[0]},), got {tuple(label_B.shape)}')
+      raise errors.ConfigError(f'labels must be ({x_BLC.shape[0]},), got {tuple(label_B.shape)}')
     check_labels(label_B, self.num_classes)
     B = x_BLC.shape[0]
     if train and self.cond_drop_rate > 0:

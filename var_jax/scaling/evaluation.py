@@ -17,10 +17,10 @@ import ml_collections
 
 from var_jax import errors
 from var_jax.scaling import runs as runs_lib
+from var_jax.train import rundir as rundir_lib
 
 # A command (shell words) that replaces `python -m var_jax.evaluate`, as sweep.TRAINER_ENV does for training.
 EVALUATOR_ENV = 'VAR_JAX_SWEEP_EVALUATOR'
-QUALITY_LOG = 'quality.log'
 
 
 def quality_flags(sweep: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def evaluator_command(run_dir: str, generate: Mapping[str, Any]) -> list[str]:
   prefix = shlex.split(os.environ[EVALUATOR_ENV]) if os.environ.get(EVALUATOR_ENV) else [
       sys.executable, '-m', 'var_jax.evaluate']
   run_dir = os.path.abspath(run_dir)
-  return prefix + [f'--workdir={run_dir}', f'--out={os.path.join(run_dir, runs_lib.QUALITY_DIR)}',
+  return prefix + [f'--workdir={run_dir}', f'--out={rundir_lib.RunDir(run_dir).quality}',
                    '--noprogress'] + [_flag(k, v) for k, v in sorted(generate.items())]
 
 
@@ -61,8 +61,7 @@ def evaluate_local(root: str, runs: Sequence[Any], generate: Mapping[str, Any], 
     print(f'sweep: evaluating generation quality of {len(todo)} runs', file=out, flush=True)
   for k, run_dir in enumerate(todo):
     cmd = evaluator_command(run_dir, generate)
-    log_path = os.path.join(run_dir, QUALITY_LOG)
-    error_path = os.path.join(run_dir, runs_lib.QUALITY_ERROR)
+    log_path, error_path = rundir_lib.RunDir(run_dir).quality_log, rundir_lib.RunDir(run_dir).quality_error
     t0 = time.time()
     with open(log_path, 'a') as log:
       log.write(f'$ {shlex.join(cmd)}\n')

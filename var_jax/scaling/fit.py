@@ -11,7 +11,7 @@
 
 Every law gets 95% percentile intervals from a bootstrap over runs (`*_ci`).
 
-The command line is `python -m var_jax.fit` (var_jax/fit.py).
+The command line is `python -m var_jax.fit` (var_jax/cli/fit.py).
 """
 import csv
 import itertools

@@ -2,9 +2,10 @@
 
 Reads ROOT/next_scale, ROOT/raster and ROOT/masked, each a sweep root (var_jax.scaling.sweep) of the same
 data, steps and depths (experiments/orderings_*.py, experiments/maskgit_shapes.py), at least two of them,
-and writes ROOT/orderings.md (one table) and ROOT/orderings.png (one figure). Per finished run: parameters, training FLOPs, the transformer's sampling FLOPs per image
+and writes ROOT/orderings.md (one table) and ROOT/orderings.png (one figure). Per finished run: parameters,
+training FLOPs, the transformer's sampling FLOPs per image
 (`flops.sample_flops_per_image`, with CFG), the measured sampling wall time per image (the run's last
-checkpoint through its compile-once sampler, after one warm-up batch), and its own eval loss and token
+checkpoint through the generator and the sampling driver, after one warm-up batch), and its own eval loss and token
 accuracy; per ordering, the power law of eval loss against training FLOPs with its bootstrap interval.
 
 The two losses predict different token sequences (30 tokens of 4 scales against 16 raster tokens of one
@@ -22,7 +23,9 @@ import numpy as np
 
 from var_jax import errors
 from var_jax import flops
+from var_jax.generate import generator
 from var_jax.scaling import fit
+from var_jax.train import rundir as rundir_lib
 
 ORDERS = (('next_scale', 'var'), ('raster', 'next_token'), ('masked', 'maskgit'))  # (order, task)
 MIN_ORDERS = 2
@@ -31,26 +34,21 @@ COLUMNS = ('order', 'run_id', 'depth', 'params', 'train_flops', 'sample_flops', 
 
 
 def sampling_seconds(run_dir: str, *, batch: int = 16, repeats: int = 2, seed: int = 0) -> float:
-  """Wall seconds per image of a run's sampler (cfg 1.5, top-k 0), median of `repeats` batches after a
-  warm-up batch that compiles."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from var_jax.models import next_token_sampling  # pylint: disable=g-import-not-at-top
-  from var_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  _, task, params, _ = checkpoint.load_run(run_dir)
-  sampler = next_token_sampling.make_sampler(task.model, task.tokenizer)
-  vae_params = task.frozen()
-  labels = np.arange(batch) % task.model.num_classes
+  """Wall seconds per image of a run's sampler (cfg 1.5, top-k 0) through the sampling driver, median of
+  `repeats` batches after a warm-up batch that compiles."""
+  gen = generator.from_run(run_dir)
+  driver, knobs = gen.driver(batch), gen.knobs(cfg=1.5, top_k=0, top_p=0.0)
+  labels = np.arange(batch) % gen.num_classes
   times = []
   for i in range(repeats + 1):
     t0 = time.perf_counter()
-    jax.block_until_ready(sampler(params, vae_params, labels, jax.random.key(seed + i))[1])
+    driver.draw(labels, np.arange(batch), seed + i, **knobs)
     times.append(time.perf_counter() - t0)
   return float(np.median(times[1:])) / batch
 
 
 def rows(root: str, *, time_sampling: bool = True) -> list[dict[str, Any]]:
   """One row per finished run of the orderings whose sweep tables are present (COLUMNS), at least MIN_ORDERS."""
-  from var_jax.scaling import runs as runs_lib  # pylint: disable=g-import-not-at-top
   tables = {order: os.path.join(root, order, 'results.csv') for order, _ in ORDERS}
   present = [(order, task) for order, task in ORDERS if os.path.exists(tables[order])]  # before any work
   if len(present) < MIN_ORDERS:
@@ -64,7 +62,7 @@ def rows(root: str, *, time_sampling: bool = True) -> list[dict[str, Any]]:
       if table['status'][i] not in fit.OK_STATUSES:
         continue
       run_dir = os.path.join(root, order, run_id)
-      model = (runs_lib.read_json(os.path.join(run_dir, 'config.json')) or {}).get('model', {})
+      model = (rundir_lib.RunDir(run_dir).config_json() or {}).get('model', {})
       kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.items()}
       out.append(dict(
           order=order, run_id=run_id, depth=int(table['depth'][i]), params=int(table['params'][i]),

@@ -13,27 +13,18 @@ import math
 import os
 from typing import Any, Optional
 
+from var_jax.train import rundir as rundir_lib
+
 STATUSES = ('done', 'diverged', 'failed', 'partial', 'pending')
-DONE, ERROR, METRICS = 'DONE', 'ERROR', 'metrics.jsonl'
-QUALITY_DIR, QUALITY_ERROR = 'quality', 'QUALITY_ERROR'
 # The metrics of var_jax.evaluate's metrics.json (var_jax.eval.quality.METRIC_KEYS), as results.csv columns.
 QUALITY_COLUMNS = ('fid', 'is_mean', 'is_std', 'precision', 'recall', 'sample_accuracy')
-
-
-def read_json(path: str) -> Optional[dict]:
-  """The JSON object in `path`, or None when the file is absent or unreadable (e.g. half written)."""
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def read_metrics(run_dir: str, split: Optional[str] = 'eval') -> list[dict[str, Any]]:
   """Records of `metrics.jsonl` for `split` (all splits if None), in file order; bad lines are skipped."""
   records = []
   try:
-    with open(os.path.join(run_dir, METRICS)) as f:
+    with open(rundir_lib.RunDir(run_dir).metrics) as f:
       for line in f:
         try:
           record = json.loads(line)
@@ -58,19 +49,18 @@ def last_line(log_path: str) -> str:
 
 def status(run_dir: str) -> str:
   """One of STATUSES (see the module docstring)."""
-  if os.path.exists(os.path.join(run_dir, DONE)):
-    done = read_json(os.path.join(run_dir, DONE)) or {}
+  run = rundir_lib.RunDir(run_dir)
+  if os.path.exists(run.done_path):
+    done = run.done() or {}
     loss = done.get('eval_loss', done.get('loss'))
     return 'diverged' if isinstance(loss, float) and not math.isfinite(loss) else 'done'
-  error = read_json(os.path.join(run_dir, ERROR))
+  error = run.error_record()
   if error is not None:
     return error.get('status', 'failed')
-  if os.path.exists(os.path.join(run_dir, METRICS)) or os.path.isdir(os.path.join(run_dir, 'checkpoints')):
-    return 'partial'
-  return 'pending'
+  return 'partial' if run.started() else 'pending'
 
 
 def read_quality(run_dir: str) -> Optional[dict[str, Any]]:
   """The quality figures of RUN/quality/metrics.json (None where not measured), or None before evaluation."""
-  record = read_json(os.path.join(run_dir, QUALITY_DIR, 'metrics.json'))
+  record = rundir_lib.RunDir(run_dir).quality_record()
   return None if record is None else {k: record.get(k) for k in QUALITY_COLUMNS}

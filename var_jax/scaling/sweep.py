@@ -46,11 +46,11 @@ from var_jax import errors
 from var_jax.scaling import evaluation
 from var_jax.scaling import runs as runs_lib
 from var_jax.train import config as config_lib
+from var_jax.train import rundir as rundir_lib
 from var_jax.train import tasks
 from var_jax.train import workdir as workdir_lib
 
 BUDGET_KEYS = ('tokens', 'images', 'epochs', 'flops')
-RUN_CONFIG_JSON, RUN_CONFIG_PY, LOG = 'run_config.json', 'run_config.py', 'train.log'
 CACHE_DIR = '.jax_cache'  # under ROOT
 # A command (shell words) that replaces `python -m var_jax.train` for every run, to hand runs to a launcher
 # (each launcher takes the command after `--`): `launch/local.sh 2 -- python -m var_jax.train`, or
@@ -167,16 +167,13 @@ def load_run_config(path: str) -> ml_collections.ConfigDict:
 
 def write_run_files(root: str, run: Run) -> str:
   """ROOT/<run_id>/run_config.{json,py}; returns the run folder. An existing config is kept as is."""
-  run_dir = os.path.join(root, run.run_id)
-  os.makedirs(run_dir, exist_ok=True)
-  json_path = os.path.join(run_dir, RUN_CONFIG_JSON)
-  if not os.path.exists(json_path):
-    with open(json_path + '.tmp', 'w') as f:
-      f.write(run.config.to_json(indent=2, sort_keys=True))
-    os.replace(json_path + '.tmp', json_path)
-  with open(os.path.join(run_dir, RUN_CONFIG_PY), 'w') as f:
-    f.write(_RUN_CONFIG_PY.format(json=RUN_CONFIG_JSON))
-  return run_dir
+  folder = rundir_lib.RunDir(os.path.join(root, run.run_id))
+  os.makedirs(folder.path, exist_ok=True)
+  if not os.path.exists(folder.run_config_json):
+    rundir_lib.write_text(folder.run_config_json, run.config.to_json(indent=2, sort_keys=True))
+  with open(folder.run_config_py, 'w') as f:
+    f.write(_RUN_CONFIG_PY.format(json=folder.RUN_CONFIG_JSON))
+  return folder.path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -186,7 +183,7 @@ def write_run_files(root: str, run: Run) -> str:
 
 def train_args(run_dir: str) -> list[str]:
   run_dir = os.path.abspath(run_dir)
-  return [f'--config={os.path.join(run_dir, RUN_CONFIG_PY)}', f'--workdir={run_dir}']
+  return [f'--config={rundir_lib.RunDir(run_dir).run_config_py}', f'--workdir={run_dir}']
 
 
 def trainer_command(run_dir: str) -> list[str]:
@@ -230,10 +227,10 @@ def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: T
     eta = '' if k == 0 else f', eta {_fmt_seconds(elapsed / k * (len(todo) - k))}'
     print(f'[{k + 1}/{len(todo)}] {run.run_id}: {"resuming" if before == "partial" else "starting"} '
           f'(elapsed {_fmt_seconds(elapsed)}{eta})', file=out, flush=True)
-    error_path = os.path.join(run_dir, runs_lib.ERROR)
+    folder = rundir_lib.RunDir(run_dir)
+    error_path, log_path = folder.error, folder.log
     if os.path.exists(error_path):
       os.remove(error_path)
-    log_path = os.path.join(run_dir, LOG)
     t0 = time.time()
     with open(log_path, 'a') as log:
       log.write(f'$ {shlex.join(trainer_command(run_dir))}\n')
@@ -246,7 +243,7 @@ def run_local(root: str, runs: Sequence[Run], retry_failed: bool = False, out: T
         proc.wait()
         raise
     if rc == 0 and runs_lib.status(run_dir) == 'done':
-      final = (runs_lib.read_json(os.path.join(run_dir, runs_lib.DONE)) or {}).get('eval') or {}
+      final = (folder.done() or {}).get('eval') or {}
       loss = final.get('loss')
       print(f'    done in {_fmt_seconds(time.time() - t0)}' + (f', eval loss {loss:.4f}' if loss else ''),
             file=out, flush=True)
@@ -291,7 +288,7 @@ def run_dirs(root: str) -> list[str]:
   if not os.path.isdir(root):
     raise FileNotFoundError(f'sweep workdir {root} does not exist')
   return sorted(os.path.join(root, d) for d in os.listdir(root)
-                if os.path.exists(os.path.join(root, d, RUN_CONFIG_JSON)))
+                if os.path.exists(rundir_lib.RunDir(os.path.join(root, d)).run_config_json))
 
 
 def _sizes(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -312,21 +309,22 @@ def result_row(run_dir: str) -> dict[str, Any]:
   images, tokens and flops are those seen at the final eval (its step, `tokens_seen`, `flops_seen`), else
   the planned totals.
   """
-  cfg = load_run_config(os.path.join(run_dir, RUN_CONFIG_JSON))
+  folder = rundir_lib.RunDir(run_dir)
+  cfg = load_run_config(folder.run_config_json)
   status = runs_lib.status(run_dir)
-  done = runs_lib.read_json(os.path.join(run_dir, runs_lib.DONE)) or {}
+  done = folder.done() or {}
   evals = runs_lib.read_metrics(run_dir, 'eval')
   final = done.get('eval') or (evals[-1] if evals else {})
   row = dict(run_id=os.path.basename(run_dir), batch_size=cfg.batch_size, steps=cfg.steps,
              images=final.get('step', cfg.steps) * cfg.batch_size, status=status,
-             error=(runs_lib.read_json(os.path.join(run_dir, runs_lib.ERROR)) or {}).get('error', ''),
+             error=(folder.error_record() or {}).get('error', ''),
              **_sizes(cfg))
   row.update({k: final[v] for k, v in (('tokens', 'tokens_seen'), ('flops', 'flops_seen')) if v in final})
   row.update({k: v for k, v in final.items() if k.startswith(('loss', 'acc'))})
   quality = runs_lib.read_quality(run_dir)
   if quality is not None:
     row.update(quality)  # None (not measurable) is an empty cell
-  quality_error = runs_lib.read_json(os.path.join(run_dir, runs_lib.QUALITY_ERROR))
+  quality_error = rundir_lib.read_json(folder.quality_error)
   if quality_error is not None:
     row['quality_error'] = quality_error.get('error', '')
   return row

@@ -2,9 +2,10 @@
 
 Each step directory holds two items: 'state' (step, params, optimizer state; arrays restored onto
 whatever shardings the caller asks for, so the mesh may change between save and restore) and
-'meta' (data-iterator state, RNG key data, counters). A step that cannot be read back is reported,
-moved to `<workdir>/corrupt_checkpoints/` and the previous step is tried; a readable step of another model
-(other param shapes) is a WeightsError and is left where it is.
+'meta' (data-iterator state, RNG key data, counters). A step that cannot be read back is reported, moved to the
+run folder's `corrupt_checkpoints/` (`RunDir`) and the previous step is tried; a readable step of another model
+(other param shapes) is a WeightsError and is left where it is. `restore_params` reads a run's params alone
+(for generation and fine-tuning: no task, no optimizer).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from var_jax import errors
+from var_jax.train import rundir as rundir_lib
 
 STATE, META = 'state', 'meta'
 
@@ -30,9 +32,10 @@ def _saved_part(state) -> dict:
 class Checkpointer:
   """Save / restore-latest around an orbax CheckpointManager."""
 
-  def __init__(self, workdir: str, *, keep: int, keep_every: int | None, async_save: bool):
-    self._dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    self._quarantine = os.path.join(os.path.abspath(workdir), 'corrupt_checkpoints')
+  def __init__(self, run: rundir_lib.RunDir | str, *, keep: int, keep_every: int | None, async_save: bool):
+    run = rundir_lib.RunDir(run)
+    self._dir = run.checkpoints
+    self._quarantine = run.corrupt_checkpoints
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None, enable_async_checkpointing=async_save,
         create=True)
@@ -108,21 +111,13 @@ class Checkpointer:
     self._manager.reload()
 
 
-def load_run(workdir: str, step: int | None = None):
-  """(resolved config, task, params, step) of a training run folder, restored on this process's first device
-  (so every process of a multi-process command has them).
+def restore_params(workdir: str | rundir_lib.RunDir, step: int | None = None) -> tuple[Any, int]:
+  """(params, step) of a run folder's checkpoint `step` (default: the newest), restored on this process's first
+  device (so every process of a multi-process command has them). Nothing else is built: no task, no optimizer.
 
-  Reads `config.json` and the orbax checkpoint `step` (default: the newest). The task is built from the
-  config (so a VAR run's tokenizer comes from its `tokenizer.path` or seed) and its params are checked against
-  the checkpoint's. ConfigError for a folder that is not a run, has no checkpoint, or lacks `step`.
+  ConfigError for a folder without checkpoints or without `step`.
   """
-  from var_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  from var_jax.train import tasks  # pylint: disable=g-import-not-at-top
-  config_path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(config_path):
-    raise errors.ConfigError(f'{workdir}: not a training workdir (no config.json)')
-  cfg = config_lib.load_json(config_path)
-  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  ckpt_dir = rundir_lib.RunDir(workdir).checkpoints
   if not os.path.isdir(ckpt_dir):
     raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
   manager = ocp.CheckpointManager(ckpt_dir, item_handlers={STATE: ocp.StandardCheckpointHandler(),
@@ -131,7 +126,6 @@ def load_run(workdir: str, step: int | None = None):
   steps = sorted(manager.all_steps())
   if not steps:
     raise errors.ConfigError(f'{ckpt_dir}: no checkpoints (has the run saved one yet?)')
-  task = tasks.get(cfg.get('task', config_lib.DEFAULT_TASK))(cfg)  # after the cheap checks: it builds models
   if step is None:
     step = steps[-1]
   elif step not in steps:
@@ -142,12 +136,15 @@ def load_run(workdir: str, step: int | None = None):
   target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                                   manager.item_metadata(step)[STATE])
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-  params = restored[STATE]['params']
-  bad = _mismatched(param_shapes(task.abstract_params), param_shapes(params))
+  return restored[STATE]['params'], step
+
+
+def check_params(params, abstract_params, what: str) -> None:
+  """WeightsError when `params` differ from the model's `abstract_params` in names or shapes."""
+  bad = _mismatched(param_shapes(abstract_params), param_shapes(params))
   if bad:
-    raise errors.WeightsError(f'{ckpt_dir}/{step}: params do not match the config.json model at {len(bad)} '
+    raise errors.WeightsError(f'{what}: params do not match the model of the run config at {len(bad)} '
                               f'params, e.g. {bad[0]}')
-  return cfg, task, params, step
 
 
 def param_shapes(tree) -> dict[str, tuple[int, ...]]:

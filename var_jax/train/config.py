@@ -108,22 +108,17 @@ def merged(config: Any) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(base.to_dict())
 
 
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise errors.ConfigError(f'config: {message}')
-
-
 def _check_optim(o: ml_collections.ConfigDict) -> None:
   finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)
-  _check(finite(o.lr) and o.lr > 0, f'optim.lr={o.lr} must be a positive number (or set optim.base_lr)')
+  errors.check_config(finite(o.lr) and o.lr > 0, f'optim.lr={o.lr} must be a positive number (or set optim.base_lr)')
   for key in ('weight_decay', 'weight_decay_end'):
-    _check(finite(o[key]) and o[key] >= 0, f'optim.{key}={o[key]} must be >= 0')
+    errors.check_config(finite(o[key]) and o[key] >= 0, f'optim.{key}={o[key]} must be >= 0')
   for key in ('b1', 'b2'):
-    _check(finite(o[key]) and 0 <= o[key] < 1, f'optim.{key}={o[key]} must be in [0, 1)')
-  _check(finite(o.eps) and o.eps > 0, f'optim.eps={o.eps} must be positive')
-  _check(finite(o.grad_clip), f'optim.grad_clip={o.grad_clip} must be a number (<= 0 disables clipping)')
+    errors.check_config(finite(o[key]) and 0 <= o[key] < 1, f'optim.{key}={o[key]} must be in [0, 1)')
+  errors.check_config(finite(o.eps) and o.eps > 0, f'optim.eps={o.eps} must be positive')
+  errors.check_config(finite(o.grad_clip), f'optim.grad_clip={o.grad_clip} must be a number (<= 0 disables clipping)')
   for key in ('warmup_start', 'final_lr_frac'):
-    _check(finite(o[key]) and 0 <= o[key] <= 1, f'optim.{key}={o[key]} must be in [0, 1]')
+    errors.check_config(finite(o[key]) and 0 <= o[key] <= 1, f'optim.{key}={o[key]} must be in [0, 1]')
 
 
 def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collections.ConfigDict:
@@ -135,9 +130,9 @@ def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collect
   c = merged(config)
   for group in ('model', 'tokenizer'):  # first: other checks (image size, FLOPs) assume increasing scales
     p = tuple(c[group].get('patch_nums') or ()) if group in c else ()
-    _check(all(a < b for a, b in zip(p, p[1:])) and all(n > 0 for n in p),
+    errors.check_config(all(a < b for a, b in zip(p, p[1:])) and all(n > 0 for n in p),
            f'{group}.patch_nums={p} must be increasing positive scale sizes')
-  _check(c.steps > 0, f'steps must be positive, got {c.steps}')
+  errors.check_config(c.steps > 0, f'steps must be positive, got {c.steps}')
   data_config.check(c.data)
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = sharding.resolve_mesh_shape(
       [c.mesh[a] for a in sharding.MESH_AXES], num_devices)
@@ -145,34 +140,35 @@ def resolve(config: Any, num_devices: int, process_count: int = 1) -> ml_collect
   if c.eval.batch_size is None:
     c.eval.batch_size = c.batch_size
   for key, batch in (('batch_size', c.batch_size), ('eval.batch_size', c.eval.batch_size)):
-    _check(batch > 0 and batch % dp == 0, f'{key}={batch} is not divisible by the data-parallel size {dp} '
+    errors.check_config(batch > 0 and batch % dp == 0, f'{key}={batch} is not divisible by the data-parallel size {dp} '
            f'(mesh.data={c.mesh.data} x mesh.fsdp={c.mesh.fsdp})')
-    _check(batch % process_count == 0, f'{key}={batch} is not divisible by the {process_count} processes')
+    errors.check_config(batch % process_count == 0, f'{key}={batch} is not divisible by the {process_count} processes')
   sharding.rules_from_config(c.sharding.rules)
 
   o = c.optim
-  _check(o.schedule in SCHEDULES, f'optim.schedule={o.schedule!r}; expected one of {SCHEDULES}')
+  errors.check_config(o.schedule in SCHEDULES, f'optim.schedule={o.schedule!r}; expected one of {SCHEDULES}')
   if o.lr is None:
     o.lr = o.base_lr * c.batch_size / 256
   if o.total_steps is None:
     o.total_steps = c.steps
-  _check(o.total_steps >= c.steps, f'optim.total_steps={o.total_steps} must be at least steps={c.steps}')
+  errors.check_config(o.total_steps >= c.steps, f'optim.total_steps={o.total_steps} must be at least steps={c.steps}')
   if o.warmup_steps is None:
     o.warmup_steps = round(o.total_steps / 50)
   if o.weight_decay_end is None:
     o.weight_decay_end = o.weight_decay
-  _check(0 <= o.warmup_steps < o.total_steps,
+  errors.check_config(0 <= o.warmup_steps < o.total_steps,
          f'optim.warmup_steps={o.warmup_steps} must be in [0, optim.total_steps={o.total_steps})')
   _check_optim(o)
   for group in ('checkpoint', 'log', 'eval'):
-    _check(c[group].every_steps > 0, f'{group}.every_steps must be positive, got {c[group].every_steps}')
+    errors.check_config(c[group].every_steps > 0, f'{group}.every_steps must be positive, got {c[group].every_steps}')
   k = c.train.steps_per_call
-  _check(isinstance(k, int) and k > 0, f'train.steps_per_call={k} must be a positive integer')
+  errors.check_config(isinstance(k, int) and k > 0, f'train.steps_per_call={k} must be a positive integer')
   for group in ('checkpoint', 'eval'):
-    _check(c[group].every_steps % k == 0, f'{group}.every_steps={c[group].every_steps} must be a multiple of '
+    errors.check_config(c[group].every_steps % k == 0,
+        f'{group}.every_steps={c[group].every_steps} must be a multiple of '
            f'train.steps_per_call={k} (state exists only between calls)')
-  _check(c.checkpoint.keep > 0, f'checkpoint.keep must be positive, got {c.checkpoint.keep}')
-  _check(c.eval.batches > 0, f'eval.batches={c.eval.batches} must be positive')
+  errors.check_config(c.checkpoint.keep > 0, f'checkpoint.keep must be positive, got {c.checkpoint.keep}')
+  errors.check_config(c.eval.batches > 0, f'eval.batches={c.eval.batches} must be positive')
   tasks.get(c.task).resolve(c)
   return c
 

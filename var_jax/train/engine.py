@@ -18,6 +18,7 @@ import numpy as np
 
 from var_jax import sharding
 from var_jax.train import state as state_lib
+from var_jax.train import task as task_lib
 from var_jax.train import tasks
 
 
@@ -67,15 +68,12 @@ class Engine:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
                         self.state_shardings)
 
-  def init_state(self, start_params: bool = True) -> state_lib.TrainState:
-    """The task's fresh (or `start_params`) state, seeded by `config.seed`, created directly in its shards.
-
-    `start_params=False` skips the task's starting point (a checkpoint is about to replace the state).
-    """
+  def init_state(self, start: task_lib.Start | None = None) -> state_lib.TrainState:
+    """The task's fresh state, or one from `start` (`task.start_params()`), seeded by `config.seed`, created
+    directly in its shards."""
     frozen = sharding.put_replicated(self._frozen_host, self.mesh)
-    start = self.task.start_params() if start_params else None
     if start is not None:
-      start = sharding.put_replicated(start, self.mesh)
+      start = sharding.put_replicated(start.params, self.mesh)
     with self._in_mesh():
       return jax.jit(self.task.init_state, out_shardings=self.state_shardings)(
           jax.random.key(self.config.seed), frozen, start)

@@ -17,6 +17,9 @@ import numpy as np
 
 from var_jax import errors
 from var_jax.models import var as var_lib
+from var_jax.train import checkpoint
+from var_jax.train import config as config_lib
+from var_jax.train import rundir as rundir_lib
 from var_jax.weights import state_dict as sd
 from var_jax.weights import var as var_weights
 
@@ -27,11 +30,16 @@ CLASS_KEYS = ('class_emb',)
 def _source_state_dict(path: str) -> tuple[sd.StateDict, str]:
   """(official state dict, what it is) of a state-dict file or a var_jax run folder."""
   if os.path.isdir(path):
-    from var_jax.train import checkpoint  # pylint: disable=g-import-not-at-top
-    cfg, task, params, step = checkpoint.load_run(path)
-    if not isinstance(getattr(task, 'model', None), var_lib.VAR):
+    cfg = config_lib.load_json(rundir_lib.RunDir(path).checked_config())
+    if cfg.get('task', config_lib.DEFAULT_TASK) != 'var':
       raise errors.ConfigError(f'init.path={path}: a task={cfg.get("task")!r} run, not a VAR run')
-    return var_weights.to_state_dict(params, task.model), f'var_jax run step {step}'
+    try:
+      model = var_lib.VAR(**var_lib.resolve(cfg.model))
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f'init.path={path}: {e}') from None
+    params, step = checkpoint.restore_params(path)
+    checkpoint.check_params(params, var_weights.param_shapes(model), f'init.path={path} step {step}')
+    return var_weights.to_state_dict(params, model), f'var_jax run step {step}'
   if not os.path.exists(path):
     raise errors.ConfigError(f'init.path={path}: no such state-dict file or run folder')
   return sd.read_state_dict(path), 'official state dict'

@@ -4,11 +4,8 @@ Steps run `train.steps_per_call` (k) to a compiled call, over k batches drawn in
 losses are those of k = 1. Evaluation, checkpoints and preemption act between calls, which end on multiples of
 k (and at `steps`); every logged step still gets its own record.
 
-Workdir layout: `LOCK` (the one writer, `var_jax.train.workdir`), `config.json` (resolved config; a resumed
-run may change only `workdir.MAY_CHANGE`), `init.json` (what a fine-tuning run started from, when it did),
-`metrics.jsonl` (one JSON per
-logged step and split), `tb/` (TensorBoard), `checkpoints/` (orbax) and, when the run reached its
-last step, `DONE` (JSON summary). Only process 0 writes files other than checkpoints.
+The run folder's layout is `var_jax.train.rundir.RunDir`'s (a resumed run may change only
+`workdir.MAY_CHANGE` of its config). Only process 0 writes files other than checkpoints.
 """
 from __future__ import annotations
 
@@ -30,18 +27,19 @@ from var_jax.train import checkpoint as checkpoint_lib
 from var_jax.train import config as config_lib
 from var_jax.train import engine as engine_lib
 from var_jax.train import perf
+from var_jax.train import rundir as rundir_lib
 from var_jax.train import workdir as workdir_lib
 
 
 class MetricsWriter:
   """metrics.jsonl + TensorBoard on process 0; a no-op elsewhere."""
 
-  def __init__(self, workdir: str, enabled: bool):
+  def __init__(self, run: rundir_lib.RunDir, enabled: bool):
     self._enabled = enabled
-    self._path = os.path.join(workdir, 'metrics.jsonl')
+    self._path = run.metrics
     self._tb = None
     if enabled:
-      self._tb = _summary_writer(os.path.join(workdir, 'tb'))
+      self._tb = _summary_writer(run.tb)
 
   def truncate_after(self, step: int) -> None:
     """Drops records past `step` (written by a run that died before its next checkpoint)."""
@@ -159,44 +157,38 @@ def train(config: Any, workdir: str, devices=None) -> dict:
     stop.restore()
 
 
-def _read_json(path: str) -> Any:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def _figures(record: dict, keys: tuple[str, ...]) -> str:
   return ' | '.join(f'{k} {record[k]:.4g}' for k in keys if record.get(k) is not None)
 
 
-def _reconcile(cfg, config, workdir: str) -> dict | None:
-  """Checks `cfg` against the folder's config.json; the DONE summary when the run has nothing left to do."""
-  if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)):
+def _reconcile(cfg, config, run: rundir_lib.RunDir) -> dict | None:
+  """Checks `cfg` against the folder's config; the DONE summary when the run has nothing left to do."""
+  if not run.has_config():
     return None
-  changed = workdir_lib.reconcile(cfg, config, os.path.join(workdir, workdir_lib.CONFIG))
-  done = workdir_lib.finished(workdir)
+  changed = workdir_lib.reconcile(cfg, config, run.config)
+  done = run.done()
   if done is not None and done.get('step', 0) >= cfg.steps:
-    logging.info('%s: finished at step %d (DONE); nothing to do', workdir, done['step'])
+    logging.info('%s: finished at step %d (DONE); nothing to do', run.path, done['step'])
     return done
   if changed:
-    logging.info('%s: resuming with changed keys: %s', workdir, '; '.join(changed))
+    logging.info('%s: resuming with changed keys: %s', run.path, '; '.join(changed))
   return None
 
 
-def _record_start(cfg, workdir: str) -> None:
-  """Process 0, once the checkpoint is restored: config.json written, and a DONE of a shorter run removed."""
-  workdir_lib.write_config(workdir, cfg)
-  done = workdir_lib.finished(workdir)
+def _record_start(cfg, run: rundir_lib.RunDir) -> None:
+  """Process 0, once the checkpoint is restored: the config written, and a DONE of a shorter run removed."""
+  run.write_config(cfg)
+  done = run.done()
   if done is not None:
-    logging.info('%s: extending the finished run from step %d to %d', workdir, done['step'], cfg.steps)
-    os.remove(os.path.join(workdir, workdir_lib.DONE))
+    logging.info('%s: extending the finished run from step %d to %d', run.path, done['step'], cfg.steps)
+    run.remove_done()
 
 
 def _train(config, workdir, devices, stop, resources) -> dict:
   devices = list(jax.devices() if devices is None else devices)
   cfg = config_lib.resolve(config, len(devices), jax.process_count())
   is_main = jax.process_index() == 0
+  run = rundir_lib.RunDir(workdir)
   paths.check_folder(workdir, '--workdir')
   undo = workdir_lib.SetupUndo(workdir)  # a run refused before it starts leaves the folder as it found it
   if is_main:
@@ -206,24 +198,23 @@ def _train(config, workdir, devices, stop, resources) -> dict:
   undo.arm()
   if lock is not None:
     resources.callback(lock.release)
-  done = _reconcile(cfg, config, workdir)
+  done = _reconcile(cfg, config, run)
   if done is not None:
     return done
 
   engine = engine_lib.Engine(cfg, devices)
   console_keys = engine.task.console_keys
   train_batches = engine.batches('train')
-  ckpt = checkpoint_lib.Checkpointer(workdir, keep=cfg.checkpoint.keep,
+  ckpt = checkpoint_lib.Checkpointer(run, keep=cfg.checkpoint.keep,
                                      keep_every=cfg.checkpoint.keep_every,
                                      async_save=cfg.checkpoint.async_save)
   resources.callback(ckpt.close)
   # A run with checkpoints restores them; only a fresh one reads the task's starting point (init.path).
   fresh = not ckpt.all_steps()
-  state = engine.init_state(start_params=fresh)
-  init_path = os.path.join(workdir, 'init.json')
-  if fresh and is_main and engine.task.start_record is not None:
-    with open(init_path, 'w') as f:
-      json.dump(engine.task.start_record, f, indent=1)
+  start_point = engine.task.start_params() if fresh else None
+  state = engine.init_state(start_point)
+  if start_point is not None and start_point.record is not None and is_main:
+    run.write_init(start_point.record)
   restored = ckpt.restore_latest(state, engine.state_shardings)
   last_saved = None
   if restored is None and not fresh:  # every saved step was unreadable: start over
@@ -236,12 +227,13 @@ def _train(config, workdir, devices, stop, resources) -> dict:
     logging.info('resumed from %s at step %d', ckpt.directory, last_saved)
   start = int(jax.device_get(state.step))
   if start > cfg.steps:
-    raise errors.ConfigError(f'steps={cfg.steps} is below the step {start} of the newest checkpoint in {ckpt.directory}')
+    raise errors.ConfigError(f'steps={cfg.steps} is below the step {start} of the newest checkpoint in '
+                             f'{ckpt.directory}')
   if is_main:
-    _record_start(cfg, workdir)
+    _record_start(cfg, run)
   undo.disarm()
 
-  writer = MetricsWriter(workdir, is_main)
+  writer = MetricsWriter(run, is_main)
   resources.callback(writer.close)
   writer.truncate_after(start)
   peak = perf.peak_tflops(devices[0], cfg.log.peak_tflops)
@@ -315,9 +307,9 @@ def _train(config, workdir, devices, stop, resources) -> dict:
                  **{f'eval_{k}': None if last_eval is None else last_eval.get(k)
                     for k in engine.task.summary_keys},
                  train=last_train, eval=last_eval, wall_time_s=time.time() - t_start,
-                 model=engine.task.describe(), init=_read_json(init_path))
+                 model=engine.task.describe(), 
+                 init=start_point.record if start_point is not None else run.init_record())
   summary.update(engine.task.finish(state, workdir))  # e.g. the exported tokenizer and its grid
   if is_main:
-    with open(os.path.join(workdir, 'DONE'), 'w') as f:
-      json.dump(summary, f, indent=1, default=list)
+    run.write_done(summary)
   return summary

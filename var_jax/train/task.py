@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -28,14 +28,10 @@ Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 
 
-def gradient_step(state: state_lib.TrainState, loss_fn, tx: optax.GradientTransformation,
-                  lr_fn: optax.Schedule) -> tuple[state_lib.TrainState, Metrics]:
-  """One optimizer step of `loss_fn(params) -> (loss, metrics)`; metrics gain grad_norm and lr."""
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+class Start(NamedTuple):
+  """A run's starting point: host params, and what they are (JSON, the run's init.json) where that is known."""
+  params: Any
+  record: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +48,17 @@ class Sizes:
   params_nonembed: int
   tokens_per_example: int
   flops_per_example: float
+
+
+def gradient_step(state: state_lib.TrainState, loss_fn, tx: optax.GradientTransformation,
+                  lr_fn: optax.Schedule) -> tuple[state_lib.TrainState, Metrics]:
+  """One optimizer update of `state.params` by the gradient of `loss_fn(params) -> (loss, metrics)`; returns
+  (new state, metrics + grad_norm and lr), the metrics every task's train step reports."""
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 class Task(abc.ABC):
@@ -104,10 +111,9 @@ class Task(abc.ABC):
     """Fresh params, or the run's starting point `start` (see `start_params`) with fresh values where it
     has none. Fresh leaves that are sharded carry logical axis names (`nn.with_logical_partitioning`)."""
 
-  start_record: dict[str, Any] | None = None  # what `start_params` loaded (JSON), kept in init.json and DONE
-
-  def start_params(self) -> Any:
-    """Host params to start from instead of a fresh init (fine-tuning), or None; sets `start_record`."""
+  def start_params(self) -> Start | None:
+    """Where to start instead of a fresh init (fine-tuning), or None. The loop records `Start.record` in the
+    run's init.json and DONE."""
     return None
 
   def make_optimizer(self) -> optax.GradientTransformation:

@@ -37,8 +37,9 @@ import numpy as np
 
 from var_jax import errors
 from var_jax.train import config as config_lib
+from var_jax.train import rundir as rundir_lib
 
-LOCK, CONFIG, DONE = 'LOCK', 'config.json', 'DONE'
+LOCK, CONFIG = rundir_lib.RunDir.LOCK, rundir_lib.RunDir.CONFIG  # (tests name them)
 HEARTBEAT_S, LEASE_S = 10.0, 60.0
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 # Keys a resumed run may change: `prefix.*` covers a whole group.
@@ -62,12 +63,7 @@ def describe(holder: dict | None) -> str:
   return f'host {holder.get("host")} pid {holder.get("pid")} since {holder.get("started")}'
 
 
-def _read(path: str) -> dict | None:
-  try:
-    with open(path) as f:
-      return json.loads(f.read() or 'null')
-  except (OSError, ValueError):
-    return None
+_read = rundir_lib.read_json
 
 
 def _pid_alive(pid: int) -> bool:
@@ -90,7 +86,7 @@ def _lease_live(holder: dict | None) -> bool:
 
 def _busy(workdir: str, holder: dict | None) -> errors.WorkdirBusyError:
   return errors.WorkdirBusyError(f'{workdir} is in use by another run ({describe(holder)}; lock file '
-                                 f'{os.path.join(workdir, LOCK)}); wait for it to end or stop it')
+                                 f'{rundir_lib.RunDir(workdir).lock}); wait for it to end or stop it')
 
 
 class Lock:
@@ -124,14 +120,7 @@ class Lock:
 
 
 def _write_atomic(path: str, record: dict | None) -> None:
-  _write_text(path, '' if record is None else json.dumps(record))
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = f'{path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  rundir_lib.write_text(path, '' if record is None else json.dumps(record))
 
 
 def _log_takeover(workdir: str, previous: dict | None) -> None:
@@ -141,7 +130,7 @@ def _log_takeover(workdir: str, previous: dict | None) -> None:
 
 def acquire(workdir: str) -> Lock:
   """Takes the lock of `workdir` (which exists); WorkdirBusyError naming the holder when a live run has it."""
-  path = os.path.join(workdir, LOCK)
+  path = rundir_lib.RunDir(workdir).lock
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -176,7 +165,7 @@ def _acquire_lease(workdir: str, path: str) -> Lock:
 
 def holder(workdir: str) -> dict | None:
   """The record of the live run holding `workdir`'s lock ({} if it has not written it yet), or None."""
-  path = os.path.join(workdir, LOCK)
+  path = rundir_lib.RunDir(workdir).lock
   if not os.path.exists(path):
     return None
   record = _read(path)
@@ -304,12 +293,3 @@ def _check_schedule_covers(cfg: ml_collections.ConfigDict, stored_path: str) -> 
         f'steps={cfg.steps} is past optim.total_steps={total}, where the learning-rate schedule of the run in '
         f'{os.path.dirname(stored_path) or "."} ends; to extend the run, also give '
         f'--config.optim.total_steps={cfg.steps} (or more): its schedule is then recomputed over that many steps')
-
-
-def write_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
-  _write_text(os.path.join(workdir, CONFIG), cfg.to_json(indent=2))
-
-
-def finished(workdir: str) -> dict | None:
-  """The DONE summary of a run folder, or None (absent or unreadable)."""
-  return _read(os.path.join(workdir, DONE)) or None

@@ -192,7 +192,7 @@ def load(path: str, overrides: Mapping[str, Any] | None = None) -> tuple[var_lib
   cfg.update(overrides or {})
   try:
     model = var_lib.VAR(**var_lib.resolve(cfg))
-  except ValueError as e:
+  except errors.ConfigError as e:
     raise errors.ConfigError(f'{path}: {e}') from None
   return model, from_state_dict(state_dict, model, what=path)
 

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
 import numpy as np
 
 from var_jax import errors
@@ -65,6 +67,15 @@ def to_state_dict(params: sd.Params, vae: tokenizer.VQVAE,
   return sd.params_to_state_dict(params, keymap(vae), buffers)
 
 
+def config_group() -> ml_collections.ConfigDict:
+  """A config's `tokenizer.*` group: VQVAE attributes plus where its weights come from (`SOURCE_KEYS`: path None
+  is a random init from seed); `from_config` builds it."""
+  return ml_collections.ConfigDict(dict(
+      vocab_size=4096, z_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, norm_groups=32,
+      dropout=0.0, beta=0.25, using_znorm=False, quant_resi=0.5, share_quant_resi=4,
+      patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), path=config_dict.placeholder(str), seed=0))
+
+
 def attributes(overrides: Mapping[str, Any] | None = None, what: str = 'tokenizer config') -> dict[str, Any]:
   """VQVAE attributes: the defaults updated with `overrides`; an unknown name is an error."""
   defaults = {f.name: f.default for f in dataclasses.fields(tokenizer.VQVAE) if f.name in FIELDS}
@@ -76,7 +87,7 @@ def attributes(overrides: Mapping[str, Any] | None = None, what: str = 'tokenize
     cfg[key] = tuple(cfg[key])
   try:
     quantizer.check_patch_nums(cfg['patch_nums'])
-  except ValueError as e:
+  except errors.ConfigError as e:
     raise errors.ConfigError(f'{what}: {e}') from None
   return cfg
 

@@ -29,11 +29,6 @@ from var_jax.train import task as task_lib
 from var_jax.weights import classifier as classifier_io
 
 
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise errors.ConfigError(f'config: {message}')
-
-
 def class_names(c: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Class names of a config's data: the shape kinds for synthetic_shapes, else '0', '1', ..."""
   if c.data.name == data_config.SYNTHETIC_SHAPES:
@@ -69,11 +64,7 @@ def train_step(state: state_lib.TrainState, batch: dict, rng: jax.Array, *, mode
     metrics = _loss_metrics(model.apply({'params': params}, x_BHWC)[1], batch['label'])
     return metrics['loss'], metrics
 
-  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return task_lib.gradient_step(state, loss_fn, tx, lr_fn)
 
 
 def eval_step(state: state_lib.TrainState, batch: dict, *, model: classifier_lib.Classifier):
@@ -101,18 +92,20 @@ class ClassifierTask(task_lib.Task):
 
   @classmethod
   def resolve(cls, c: ml_collections.ConfigDict) -> None:
-    _check(c.mesh.fsdp == 1 and c.mesh.tensor == 1, f'mesh.fsdp={c.mesh.fsdp}, mesh.tensor={c.mesh.tensor}: '
+    errors.check_config(c.mesh.fsdp == 1 and c.mesh.tensor == 1,
+        f'mesh.fsdp={c.mesh.fsdp}, mesh.tensor={c.mesh.tensor}: '
            'the classifier trains data-parallel (its params are replicated); put the devices on mesh.data')
-    _check(c.data.name not in data_config.TOKEN_SOURCES, f'data.name={c.data.name!r}: the classifier trains on '
+    errors.check_config(c.data.name not in data_config.TOKEN_SOURCES,
+        f'data.name={c.data.name!r}: the classifier trains on '
            'images')
     if c.model.num_classes is None:
-      _check(c.data.name == data_config.SYNTHETIC_SHAPES, 'model.num_classes is needed for '
+      errors.check_config(c.data.name == data_config.SYNTHETIC_SHAPES, 'model.num_classes is needed for '
              f'data.name={c.data.name!r} (only synthetic_shapes knows its classes)')
       c.model.num_classes = len(class_names(c))
-    _check(c.model.num_classes >= 2, f'model.num_classes={c.model.num_classes} must be >= 2')
+    errors.check_config(c.model.num_classes >= 2, f'model.num_classes={c.model.num_classes} must be >= 2')
     _model(c)
     smallest = 2 ** (len(c.model.widths) - 1)
-    _check(c.data.image_size >= smallest, f'data.image_size={c.data.image_size} is too small for '
+    errors.check_config(c.data.image_size >= smallest, f'data.image_size={c.data.image_size} is too small for '
            f'{len(c.model.widths)} stages (model.widths); need >= {smallest}')
 
   @classmethod

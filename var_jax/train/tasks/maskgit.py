@@ -52,9 +52,8 @@ class MaskGITTask(next_token_task.NextTokenTask):
   """MaskGIT training; the config keys are task 'next_token''s (the same model fields and tokenizer)."""
 
   name = 'maskgit'
-  model_cls = maskgit_lib.MaskGIT
+  model_type, order = maskgit_lib.MaskGIT, 'masked'
   resolve_model = staticmethod(maskgit_lib.resolve)
-  flop_order = 'masked'
 
   def train_step(self, state, batch, rng):
     return train_step(state, batch, rng, model=self.model, tokenizer=self.tokenizer, tx=self.tx,

@@ -30,13 +30,7 @@ from var_jax.models import tokenizer as tokenizer_lib
 from var_jax.train import state as state_lib
 from var_jax.train import task as task_lib
 from var_jax.train.tasks import tokenizer_loss as loss_lib
-from var_jax.train.tasks import var as var_task
 from var_jax.weights import vqvae
-
-
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise errors.ConfigError(f'config: {message}')
 
 
 def _vae(tok_cfg: Any) -> tokenizer_lib.VQVAE:
@@ -54,7 +48,7 @@ class TokenizerTask(task_lib.Task):
   @classmethod
   def default_config(cls) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.tokenizer = var_task.tokenizer_group()
+    c.tokenizer = vqvae.config_group()
     c.optim = ml_collections.ConfigDict(dict(base_lr=1e-4, weight_decay=0.0, schedule='cos', warmup_steps=0,
                                              final_lr_frac=0.1, grad_clip=1.0))
     c.loss = ml_collections.ConfigDict(dict(
@@ -78,33 +72,37 @@ class TokenizerTask(task_lib.Task):
 
   @classmethod
   def resolve(cls, c: ml_collections.ConfigDict) -> None:
-    _check(c.mesh.tensor == 1, f'mesh.tensor={c.mesh.tensor}: the tokenizer trains data-parallel (its params '
+    errors.check_config(c.mesh.tensor == 1,
+        f'mesh.tensor={c.mesh.tensor}: the tokenizer trains data-parallel (its params '
            'are replicated); put the devices on mesh.data or mesh.fsdp')
-    _check(c.data.name not in data_config.TOKEN_SOURCES, f'data.name={c.data.name!r}: the tokenizer trains '
+    errors.check_config(c.data.name not in data_config.TOKEN_SOURCES,
+        f'data.name={c.data.name!r}: the tokenizer trains '
            'on images')
     vae = _vae(c.tokenizer)
     if c.tokenizer.path is None:
-      _check(c.data.image_size == vae.image_size, f'data.image_size={c.data.image_size} but the tokenizer '
+      errors.check_config(c.data.image_size == vae.image_size, f'data.image_size={c.data.image_size} but the tokenizer '
              f'(patch_nums[-1]={vae.patch_nums[-1]}, {len(vae.ch_mult)} ch_mult levels) encodes '
              f'{vae.image_size}px images')
     loss = c.loss
     for key in ('l1', 'l2', 'vq', 'perceptual'):
-      _check(loss[key] >= 0, f'loss.{key} must be >= 0, got {loss[key]}')
-    _check(loss.l1 + loss.l2 + loss.perceptual > 0, 'loss.l1, loss.l2 and loss.perceptual are all 0: nothing '
+      errors.check_config(loss[key] >= 0, f'loss.{key} must be >= 0, got {loss[key]}')
+    errors.check_config(loss.l1 + loss.l2 + loss.perceptual > 0,
+        'loss.l1, loss.l2 and loss.perceptual are all 0: nothing '
            'trains the decoder')
-    _check(loss.perceptual == 0 or loss.perceptual_path is not None,
+    errors.check_config(loss.perceptual == 0 or loss.perceptual_path is not None,
            f'loss.perceptual={loss.perceptual} needs loss.perceptual_path (an .npz of VGG16 weights)')
     d = c.disc
-    _check(d.weight >= 0 and d.start_step >= 0, 'disc.weight and disc.start_step must be >= 0')
+    errors.check_config(d.weight >= 0 and d.start_step >= 0, 'disc.weight and disc.start_step must be >= 0')
     if d.weight > 0:
-      _check(d.ch % d.norm_groups == 0, f'disc.ch={d.ch} is not divisible by disc.norm_groups={d.norm_groups}')
-      _check(c.data.image_size // 2**d.n_layers >= 3, f'disc.n_layers={d.n_layers} is too deep for '
+      errors.check_config(d.ch % d.norm_groups == 0,
+          f'disc.ch={d.ch} is not divisible by disc.norm_groups={d.norm_groups}')
+      errors.check_config(c.data.image_size // 2**d.n_layers >= 3, f'disc.n_layers={d.n_layers} is too deep for '
              f'{c.data.image_size}px images')
-      _check(d.start_step < c.steps, f'disc.start_step={d.start_step} must be < steps={c.steps}')
+      errors.check_config(d.start_step < c.steps, f'disc.start_step={d.start_step} must be < steps={c.steps}')
     cb = c.codebook
-    _check(cb.window > 0 and cb.restart_every >= 0,
+    errors.check_config(cb.window > 0 and cb.restart_every >= 0,
            'codebook.window must be positive and codebook.restart_every >= 0')
-    _check(cb.ema_decay is None or 0 < cb.ema_decay < 1,
+    errors.check_config(cb.ema_decay is None or 0 < cb.ema_decay < 1,
            f'codebook.ema_decay must be in (0, 1) or None, got {cb.ema_decay}')
     if d.lr is None:
       d.lr = c.optim.lr
@@ -170,8 +168,8 @@ class TokenizerTask(task_lib.Task):
       params['disc'] = self.disc.init(k_disc, self._image())['params']
     return params
 
-  def start_params(self) -> Any:
-    return self._start
+  def start_params(self) -> task_lib.Start | None:
+    return None if self._start is None else task_lib.Start(self._start)
 
   def make_optimizer(self) -> Any:
     c = self.config

@@ -1,4 +1,5 @@
-"""What every command-line entry point shares: flags parsed with one-line errors, typed exit codes.
+"""The command modules (`var_jax.cli.X`, one per command; `python -m var_jax.X` runs each through a shim), and
+what every command-line entry point shares: flags parsed with one-line errors, typed exit codes.
 
 `run(main, prog=...)` is `absl.app.run(main)` where a bad flag or `--config` override, and every
 `var_jax.errors.VarJaxError` the command raises, print one line `PROG: error: MESSAGE` to stderr and exit with

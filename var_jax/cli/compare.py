@@ -112,11 +112,11 @@ def official_runner(s: Setup):
 def var_jax_runner(s: Setup):
   """A no-argument function running one var_jax train step (or sampling call), compiled before it returns."""
   import jax  # pylint: disable=g-import-not-at-top
-  from var_jax import bench  # pylint: disable=g-import-not-at-top
   from var_jax.models import sampling  # pylint: disable=g-import-not-at-top
   from var_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from var_jax.train import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  cfg = bench.bench_config(depth=s.depth, batch=s.batch, vocab=s.vocab, patch_nums=s.patch_nums,
+  from var_jax.train import perf  # pylint: disable=g-import-not-at-top
+  cfg = perf.bench_config(depth=s.depth, batch=s.batch, vocab=s.vocab, patch_nums=s.patch_nums,
                            dtype='float32', steps=1000)
   cfg.tokenizer.update(OFFICIAL_TOKENIZER)  # the official side's tokenizer layout (its decoder runs in sampling)
   engine = engine_lib.Engine(config_lib.resolve(cfg, jax.device_count()))
@@ -166,7 +166,7 @@ class _Worker:
                                 if not f.startswith('--xla_force_host_platform_device_count'))
     self.framework = framework
     self._proc = subprocess.Popen(
-        [sys.executable, '-m', 'var_jax.compare', framework, json.dumps(dataclasses.asdict(s))],
+        [sys.executable, '-m', 'var_jax.cli.compare', framework, json.dumps(dataclasses.asdict(s))],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     self.ready_s = self._read()['ready']
 
