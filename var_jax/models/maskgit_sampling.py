@@ -29,7 +29,6 @@ import numpy as np
 from var_jax import errors
 from var_jax.models import maskgit as maskgit_lib
 from var_jax.models import sampling
-from var_jax.models import var as var_lib
 
 DEFAULT_STEPS = 8
 DEFAULT_NOISE = 4.5  # MaskGIT's confidence-noise scale ("choice temperature") on ImageNet
@@ -143,10 +142,7 @@ class Sampler:
     if more_smooth:
       raise errors.ConfigError('more_smooth is a next-scale (VAR) visualisation mode; the MaskGIT sampler '
                                'has none')
-    label_B = np.asarray(label_B)
-    if label_B.ndim != 1 or not label_B.size:
-      raise errors.ConfigError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
-    var_lib.check_labels(label_B, self.model.num_classes)
+    label_B = sampling.label_batch(label_B, self.model.num_classes)
     idx_BL, img = self._generate(params, vae_params, jnp.asarray(label_B, jnp.int32), rng, jnp.float32(cfg),
                                  jnp.int32(top_k), jnp.float32(top_p), jnp.float32(temperature),
                                  jnp.int32(steps), jnp.float32(noise))

@@ -46,6 +46,15 @@ def filter_top_k_top_p(logits_BlV, top_k, top_p):
   return jnp.where(drop_BlV, -jnp.inf, logits_BlV)
 
 
+def label_batch(label_B, num_classes: int) -> np.ndarray:
+  """The class labels of one sampling call as an array; ConfigError unless 1-D, non-empty and in range."""
+  label_B = np.asarray(label_B)
+  if label_B.ndim != 1 or not label_B.size:
+    raise errors.ConfigError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
+  var_lib.check_labels(label_B, num_classes)
+  return label_B
+
+
 def check_knobs(cfg: float, top_k: int, top_p: float, temperature: float = 1.0,
                 vocab_size: int | None = None, prefix: str = '') -> None:
   """ConfigError naming the first sampling knob (`prefix` + its name, e.g. '--cfg') out of range (NaN and inf
@@ -192,10 +201,7 @@ class Sampler:
   def __call__(self, var_params, vae_params, label_B, rng, cfg: float = 1.5, top_k: int = 0,
                top_p: float = 0.0, more_smooth: bool = False, forced=None):
     check_knobs(cfg, top_k, top_p, vocab_size=self.var.vocab_size)
-    label_B = np.asarray(label_B)
-    if label_B.ndim != 1 or not label_B.size:
-      raise errors.ConfigError(f'labels must be a non-empty 1-D array, got shape {label_B.shape}')
-    var_lib.check_labels(label_B, self.var.num_classes)
+    label_B = label_batch(label_B, self.var.num_classes)
     if forced is not None:
       forced = self._check_forced(forced, label_B.shape[0])
     kv, state = self._begin(var_params, jnp.asarray(label_B, jnp.int32), rng)
